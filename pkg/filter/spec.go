@@ -1,9 +1,3 @@
-// Package filter is kube-efvi's model of ef_vi filters: which packets a VI
-// receives. It mirrors ef_filter_spec (lib/ciul/filter.c): a spec starts empty
-// (Spec{} is ef_filter_spec_init with no flags), setters add match criteria and
-// reject bad combinations with EPROTONOSUPPORT, and Validate applies the
-// add-time rules that make anything else EINVAL. Errors carry ef_vi's errno
-// values so callers can answer as ef_vi does.
 package filter
 
 import (

@@ -136,7 +136,7 @@ func RedirectProgram(xsks *ebpf.Map) (*ebpf.Program, error) {
 		asm.Add.Imm(asm.R4, 14),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 		asm.LoadMem(asm.R4, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R4, 0x0008, "pass"), // htons(ETH_P_IP) as loaded on little endian
+		asm.JNE.Imm(asm.R4, 0x0008, "pass"),       // htons(ETH_P_IP) as loaded on little endian
 		asm.LoadMem(asm.R2, asm.R6, 16, asm.Word), // rx_queue_index
 		asm.LoadMapPtr(asm.R1, xsks.FD()),
 		asm.Mov.Imm(asm.R3, 2), // XDP_PASS when the slot is empty

@@ -21,24 +21,24 @@ var (
 
 type step func(*Spec) error
 
-func ip4local(s *Spec) error  { return s.SetIP4Local(ProtoUDP, ip4a, 5000) }
-func ip4full(s *Spec) error   { return s.SetIP4Full(ProtoTCP, ip4a, 80, ip4b, 4000) }
-func ip6local(s *Spec) error  { return s.SetIP6Local(ProtoUDP, ip6a, 5000) }
-func ip6full(s *Spec) error   { return s.SetIP6Full(ProtoTCP, ip6a, 80, ip6b, 4000) }
-func vlan5(s *Spec) error     { return s.SetVLAN(5) }
-func mac(s *Spec) error       { return s.SetEthLocal(VLANAny, macU) }
-func macVLAN(s *Spec) error   { return s.SetEthLocal(7, macU) }
-func etype(s *Spec) error     { return s.SetEthType(0x88f7) }
-func iproto(s *Spec) error    { return s.SetIPProto(1) }
-func uall(s *Spec) error      { return s.SetUnicastAll() }
-func mall(s *Spec) error      { return s.SetMulticastAll() }
-func umis(s *Spec) error      { return s.SetUnicastMismatch() }
-func mmis(s *Spec) error      { return s.SetMulticastMismatch() }
-func sniff(s *Spec) error     { return s.SetPortSniff(true) }
-func txsniff(s *Spec) error   { return s.SetTxPortSniff() }
-func block(s *Spec) error     { return s.SetBlockKernel() }
-func blockU(s *Spec) error    { return s.SetBlockKernelUnicast() }
-func blockM(s *Spec) error    { return s.SetBlockKernelMulticast() }
+func ip4local(s *Spec) error { return s.SetIP4Local(ProtoUDP, ip4a, 5000) }
+func ip4full(s *Spec) error  { return s.SetIP4Full(ProtoTCP, ip4a, 80, ip4b, 4000) }
+func ip6local(s *Spec) error { return s.SetIP6Local(ProtoUDP, ip6a, 5000) }
+func ip6full(s *Spec) error  { return s.SetIP6Full(ProtoTCP, ip6a, 80, ip6b, 4000) }
+func vlan5(s *Spec) error    { return s.SetVLAN(5) }
+func mac(s *Spec) error      { return s.SetEthLocal(VLANAny, macU) }
+func macVLAN(s *Spec) error  { return s.SetEthLocal(7, macU) }
+func etype(s *Spec) error    { return s.SetEthType(0x88f7) }
+func iproto(s *Spec) error   { return s.SetIPProto(1) }
+func uall(s *Spec) error     { return s.SetUnicastAll() }
+func mall(s *Spec) error     { return s.SetMulticastAll() }
+func umis(s *Spec) error     { return s.SetUnicastMismatch() }
+func mmis(s *Spec) error     { return s.SetMulticastMismatch() }
+func sniff(s *Spec) error    { return s.SetPortSniff(true) }
+func txsniff(s *Spec) error  { return s.SetTxPortSniff() }
+func block(s *Spec) error    { return s.SetBlockKernel() }
+func blockU(s *Spec) error   { return s.SetBlockKernelUnicast() }
+func blockM(s *Spec) error   { return s.SetBlockKernelMulticast() }
 func errnoOf(err error) syscall.Errno {
 	var fe *Error
 	if err == nil {

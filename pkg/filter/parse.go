@@ -46,11 +46,13 @@ func Parse(text string) (Spec, error) {
 
 // ParseWithDefaultHost is Parse where the host of a udp:/tcp: spec may be
 // omitted ("udp:5000", "udp:vid=5,5000") and is then host, e.g. the pod IP.
+// An IPv4-mapped host (as netip.AddrFromSlice gives for a 16-byte net.IP) is
+// used as IPv4.
 func ParseWithDefaultHost(text string, host netip.Addr) (Spec, error) {
 	if !host.IsValid() {
 		return Spec{}, newError(syscall.EINVAL, text, "default host is missing; pass the pod IP")
 	}
-	return parse(text, host)
+	return parse(text, host.Unmap())
 }
 
 // ParseList parses several specs separated by whitespace or ';', as a pod
@@ -65,7 +67,7 @@ func ParseListWithDefaultHost(text string, host netip.Addr) ([]Spec, error) {
 	if !host.IsValid() {
 		return nil, newError(syscall.EINVAL, text, "default host is missing; pass the pod IP")
 	}
-	return parseList(text, host)
+	return parseList(text, host.Unmap())
 }
 
 func parseList(text string, host netip.Addr) ([]Spec, error) {

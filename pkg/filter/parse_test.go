@@ -230,6 +230,7 @@ func TestParseWithDefaultHost(t *testing.T) {
 		{"eth:02:00:00:00:00:01", pod4, "eth:02:00:00:00:00:01"},
 		{"udp:5000,[fd00::9]:1", pod4, "ERR"},
 		{"udp:0", pod4, "ERR"},
+		{"udp:7", netip.AddrFrom16(pod4.As16()), "udp:10.1.2.3:7"},
 		{"udp:5000", netip.Addr{}, "ERR"},
 		{"udp:5000", netip.MustParseAddr("fe80::1%eth0"), "ERR"},
 	}

@@ -13,6 +13,7 @@ require (
 	github.com/containernetworking/cni v1.3.1 // indirect
 	github.com/containernetworking/plugins v1.9.1 // indirect
 	github.com/fsnotify/fsnotify v1.10.1 // indirect
+	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	go.yaml.in/yaml/v2 v2.4.4 // indirect
 	golang.org/x/net v0.60.0 // indirect

@@ -1,0 +1,116 @@
+package allocator
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// checkpointVersion is bumped on incompatible format changes.
+const checkpointVersion = 1
+
+type checkpointFile struct {
+	Version     int             `json:"version"`
+	Allocations json.RawMessage `json:"allocations"`
+	// Checksum is the hex SHA-256 of compact Allocations, so a torn or hand-edited
+	// file is detected rather than half-trusted.
+	Checksum string `json:"checksum"`
+}
+
+func writeCheckpoint(path string, allocs []Allocation) error {
+	body, err := json.Marshal(allocs)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(body)
+	data, err := json.MarshalIndent(checkpointFile{Version: checkpointVersion, Allocations: body,
+		Checksum: hex.EncodeToString(sum[:])}, "", " ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(path, data, 0o600)
+}
+
+func readCheckpoint(path string) ([]Allocation, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	var f checkpointFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("checkpoint %s is corrupt: %w; move it aside to start empty (allocations are then re-learned from the kubelet)", path, err)
+	}
+	if f.Version != checkpointVersion {
+		return nil, fmt.Errorf("checkpoint %s has version %d, this agent reads version %d", path, f.Version, checkpointVersion)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, f.Allocations); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: allocations: %w", path, err)
+	}
+	sum := sha256.Sum256(compact.Bytes())
+	if hex.EncodeToString(sum[:]) != f.Checksum {
+		return nil, fmt.Errorf("checkpoint %s fails its checksum; move it aside to start empty (allocations are then re-learned from the kubelet)", path)
+	}
+	var allocs []Allocation
+	if err := json.Unmarshal(f.Allocations, &allocs); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: allocations: %w", path, err)
+	}
+	for i, al := range allocs {
+		if al.ID == "" || al.Pool == "" || len(al.Devices) == 0 {
+			return nil, fmt.Errorf("checkpoint %s: allocation %d is incomplete (id %q, pool %q, %d devices)", path, i, al.ID, al.Pool, len(al.Devices))
+		}
+	}
+	return allocs, nil
+}
+
+// WriteFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content: write a temporary file in the same directory,
+// fsync it, rename it over path, fsync the directory.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(perm); err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

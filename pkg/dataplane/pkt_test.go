@@ -22,6 +22,24 @@ type frame struct {
 	extHdr    bool // IPv6: insert a hop-by-hop header
 	truncL4   bool // cut the frame inside the L4 header
 	payload   int
+	data      []byte // payload bytes (overrides payload)
+}
+
+func csumAdd(sum uint32, b []byte) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	return sum
+}
+
+func csumFold(sum uint32) uint16 {
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
 }
 
 var (
@@ -52,9 +70,28 @@ func (f frame) bytes() []byte {
 	b = binary.BigEndian.AppendUint16(b, f.etherType)
 	l4 := binary.BigEndian.AppendUint16(nil, f.sport)
 	l4 = binary.BigEndian.AppendUint16(l4, f.dport)
-	l4 = append(l4, make([]byte, 4+f.payload)...) // rest of a UDP header + payload
 	if f.proto == protoTCP {
-		l4 = append(l4, make([]byte, 12)...)
+		l4 = append(l4, make([]byte, 16)...)
+	} else {
+		l4 = append(l4, 0, 0, 0, 0) // length, checksum
+	}
+	if f.data != nil {
+		l4 = append(l4, f.data...)
+	} else {
+		l4 = append(l4, make([]byte, f.payload)...)
+	}
+	if f.proto == protoUDP {
+		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
+		s, d := f.srcIP.AsSlice(), f.dstIP.AsSlice()
+		sum := csumAdd(0, s)
+		sum = csumAdd(sum, d)
+		sum += uint32(protoUDP) + uint32(len(l4))
+		sum = csumAdd(sum, l4)
+		c := csumFold(sum)
+		if c == 0 {
+			c = 0xffff
+		}
+		binary.BigEndian.PutUint16(l4[6:], c)
 	}
 	if f.truncL4 {
 		l4 = l4[:3]
@@ -78,6 +115,7 @@ func (f frame) bytes() []byte {
 		s4, d4 := f.srcIP.As4(), f.dstIP.As4()
 		copy(h[12:], s4[:])
 		copy(h[16:], d4[:])
+		binary.BigEndian.PutUint16(h[10:], csumFold(csumAdd(0, h)))
 		b = append(b, h...)
 		b = append(b, l4...)
 	case 0x86dd:

@@ -186,7 +186,11 @@ func TestPortProgramMatchOrder(t *testing.T) {
 		{"unicast mismatch", []filt{{2, ucMis}, {3, mcMis}}, raw(macPeer, 0x1234), xdpRedirect, &filt{2, ucMis}},
 		{"multicast mismatch", []filt{{2, ucMis}, {3, mcMis}}, raw(macMcast, 0x1234), xdpRedirect, &filt{3, mcMis}},
 		{"multicast group replicated", []filt{{1, localSpec(filter.ProtoUDP, "239.1.2.3", 5000)}, {2, localSpec(filter.ProtoUDP, "239.1.2.3", 5000)}}, mcastUDP, xdpRedirect, &filt{1, localSpec(filter.ProtoUDP, "239.1.2.3", 5000)}},
-		{"IP filter ignores dst MAC", []filt{{1, local}}, func() frame { f := udp4("10.0.0.2", "10.0.0.1", 1, 5000); f.dst = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}; return f }(), xdpRedirect, &filt{1, local}},
+		{"IP filter ignores dst MAC", []filt{{1, local}}, func() frame {
+			f := udp4("10.0.0.2", "10.0.0.1", 1, 5000)
+			f.dst = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+			return f
+		}(), xdpRedirect, &filt{1, local}},
 		{"block-kernel-unicast drops unmatched unicast", []filt{{1, filter.Spec{Match: filter.MatchBlockKernel, Block: filter.BlockUnicast}}}, udp4("10.0.0.2", "10.0.0.1", 1, 5000), xdpDrop, nil},
 		{"block-kernel-unicast keeps multicast", []filt{{1, filter.Spec{Match: filter.MatchBlockKernel, Block: filter.BlockUnicast}}}, raw(macMcast, 0x1234), xdpPass, nil},
 		{"block-kernel-multicast", []filt{{1, filter.Spec{Match: filter.MatchBlockKernel, Block: filter.BlockMulticast}}}, raw(macMcast, 0x1234), xdpDrop, nil},

@@ -21,13 +21,16 @@ type Rings struct {
 	// UMEM is the packet memory (the memfd mapped MAP_SHARED, read/write).
 	UMEM []byte
 
-	maps [4][]byte
+	maps    [4][]byte
+	ownUMEM bool
 }
 
 // Map mmaps the rings of the bound socket xskFD (XDP_MMAP_OFFSETS; the four
 // XDP_*PGOFF_* ranges) and the packet memory memFD (MAP_SHARED, read/write)
 // according to g. It does not take ownership of the fds: Close unmaps but
 // leaves closing them to the caller. A ring of size 0 in g is not mapped.
+// memFD < 0 maps only the rings (UMEM stays nil: the caller maps the memory
+// itself, e.g. because several users share one mapping).
 func Map(xskFD, memFD int, g Geometry) (*Rings, error) {
 	if err := g.Validate(); err != nil {
 		return nil, fmt.Errorf("xsk map: %w", err)
@@ -93,6 +96,10 @@ func Map(xskFD, memFD int, g Geometry) (*Rings, error) {
 			r.Tx.cachedCons = *r.Tx.consumer + s.size
 		}
 	}
+	if memFD < 0 {
+		ok = true
+		return r, nil
+	}
 	size := int(g.FrameSize) * int(g.NumFrames)
 	var st unix.Stat_t
 	if err := unix.Fstat(memFD, &st); err != nil {
@@ -106,6 +113,7 @@ func Map(xskFD, memFD int, g Geometry) (*Rings, error) {
 		return nil, fmt.Errorf("xsk map: mmap packet memory (%d bytes): %w", size, err)
 	}
 	r.UMEM = mem
+	r.ownUMEM = true
 	ok = true
 	return r, nil
 }
@@ -121,7 +129,7 @@ func (r *Rings) Close() error {
 			r.maps[i] = nil
 		}
 	}
-	if r.UMEM != nil {
+	if r.UMEM != nil && r.ownUMEM {
 		if err := unix.Munmap(r.UMEM); err != nil {
 			errs = append(errs, err)
 		}

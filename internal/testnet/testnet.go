@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -203,8 +204,38 @@ func CreateVethPair(nameA string, nsA *NS, nameB string, nsB *NS) (a, b Veth, er
 			return a, b, err
 		}
 	}
+	// Frames sent before the carrier is up are dropped without a trace, so
+	// hand out the pair only once both ends report it.
+	for _, v := range []Veth{a, b} {
+		if err := waitOperUp(v); err != nil {
+			return a, b, err
+		}
+	}
 	ok = true
 	return a, b, nil
+}
+
+// waitOperUp polls (bounded) until the link's operational state is up.
+func waitOperUp(v Veth) error {
+	h, err := handleFor(v.NS)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := h.LinkByName(v.Name)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", v.Name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: carrier still %s after 5s", v.Name, l.Attrs().OperState)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func setupEnd(name string, ns *NS, out *Veth) error {

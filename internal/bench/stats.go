@@ -1,0 +1,106 @@
+// Package bench measures kube-efvi's software VI against the alternatives a
+// low-latency team would use instead — raw AF_XDP on the port, kernel UDP with
+// a busy-spinning reader and kernel UDP with a blocking reader — on one
+// topology in one run, and prints the figures as a table with ratios.
+//
+// It is driven by benchmarks (`make bench`), never by timed tests: the
+// machines are shared and noisy, so figures are reported, not asserted.
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Latency summarises round-trip samples.
+type Latency struct {
+	N             int
+	Min, P50, P99 time.Duration
+	P95, Max      time.Duration
+	Mean          time.Duration
+}
+
+// Summarize sorts samples in place and returns their summary.
+func Summarize(samples []time.Duration) Latency {
+	if len(samples) == 0 {
+		return Latency{}
+	}
+	slices.Sort(samples)
+	var sum time.Duration
+	for _, s := range samples {
+		sum += s
+	}
+	q := func(p float64) time.Duration {
+		i := int(p * float64(len(samples)-1))
+		return samples[i]
+	}
+	return Latency{
+		N: len(samples), Min: samples[0], Max: samples[len(samples)-1],
+		P50: q(0.50), P95: q(0.95), P99: q(0.99),
+		Mean: sum / time.Duration(len(samples)),
+	}
+}
+
+// Result is one contender's figures. Zero fields were not measured.
+type Result struct {
+	Name string
+	RTT  Latency
+	PPS  float64 // received 64-byte packets per second under flood
+	Drop float64 // fraction of the flood the receiver did not get
+}
+
+// Table renders results as Markdown. Ratios are against the named baseline
+// rows (e.g. "raw AF_XDP"); a missing baseline leaves its ratio column out.
+func Table(results []Result, baselines ...string) string {
+	var b strings.Builder
+	byName := map[string]Result{}
+	for _, r := range results {
+		byName[r.Name] = r
+	}
+	hdr := []string{"path", "RTT p50", "RTT p99", "RX Mpps (64 B)"}
+	var bases []Result
+	for _, n := range baselines {
+		if r, ok := byName[n]; ok {
+			bases = append(bases, r)
+			hdr = append(hdr, "p50 ÷ "+n)
+		}
+	}
+	if len(bases) > 0 && bases[0].PPS > 0 {
+		hdr = append(hdr, "Mpps ÷ "+bases[0].Name)
+	}
+	fmt.Fprintf(&b, "| %s |\n|%s\n", strings.Join(hdr, " | "), strings.Repeat("---|", len(hdr)))
+	for _, r := range results {
+		row := []string{r.Name, us(r.RTT.P50), us(r.RTT.P99), mpps(r.PPS)}
+		for _, base := range bases {
+			row = append(row, ratio(float64(r.RTT.P50), float64(base.RTT.P50)))
+		}
+		if len(bases) > 0 && bases[0].PPS > 0 {
+			row = append(row, ratio(r.PPS, bases[0].PPS))
+		}
+		fmt.Fprintf(&b, "| %s |\n", strings.Join(row, " | "))
+	}
+	return b.String()
+}
+
+func us(d time.Duration) string {
+	if d == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f µs", float64(d)/1e3)
+}
+
+func mpps(p float64) string {
+	if p == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.3f", p/1e6)
+}
+
+func ratio(a, b float64) string {
+	if a == 0 || b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}

@@ -61,7 +61,8 @@
 //	0x08  FREE_VI     vi u32                                            (empty)                                       0
 //	0x09  FREE_MEM    memreg u32                                        (empty)                                       0
 //	0x0A  FREE_PD     pd u32                                            (empty)                                       0
-//	0x0B  BYE         (empty)                                           (empty); then the server closes               0
+//	0x0B  BYE         (empty)                                           (empty), sent after everything is freed;      0
+//	                                                                    then the server closes
 //	0xFF  ERROR       -                                                 errno u32 (1..4095, Linux), message str       0
 //	                                                                    (0..1024)
 //

@@ -303,8 +303,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-release }()
-			s.serveConn(ctx, c, reject)
+			s.serveConn(ctx, c, reject, sync.OnceFunc(func() { <-release }))
 		}()
 	}
 }
@@ -363,7 +362,11 @@ func peerCred(c *net.UnixConn) (Peer, error) {
 	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
-func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error) {
+// serveConn runs one connection. release frees its connection slot; it is
+// called once the session is closed (before the BYE reply, so a client that
+// said BYE can reconnect at once).
+func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error, release func()) {
+	defer release()
 	defer c.Close()
 	peer, err := peerCred(c)
 	if err != nil {
@@ -382,7 +385,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error) 
 		log.Warn("broker connection dropped", "err", err)
 		return
 	}
-	cs := &connState{srv: s, peer: peer, log: log, reject: reject}
+	cs := &connState{srv: s, peer: peer, log: log, reject: reject, release: release}
 	defer cs.close()
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	defer stop()
@@ -452,8 +455,10 @@ type connState struct {
 	sess      Session
 	malformed int
 	closed    bool
+	release   func() // frees the connection slot; may be nil
 }
 
+// close closes the session (once) and then frees the connection slot.
 func (cs *connState) close() {
 	if cs.closed {
 		return
@@ -465,6 +470,9 @@ func (cs *connState) close() {
 		} else {
 			cs.log.Info("broker session closed")
 		}
+	}
+	if cs.release != nil {
+		cs.release()
 	}
 }
 
@@ -593,6 +601,8 @@ func (cs *connState) dispatch(ctx context.Context, req Message) (Message, FD, er
 	case *FreePDRequest:
 		return &EmptyReply{Req: TypeFreePD}, none, s.FreePD(ctx, r)
 	case *ByeRequest:
+		// Free everything before answering: the reply means "all released".
+		cs.close()
 		return &EmptyReply{Req: TypeBye}, none, nil
 	}
 	return nil, none, Errorf(syscall.EOPNOTSUPP, "request %v not handled", req.Type())

@@ -41,13 +41,13 @@ func macSpec(mac [6]byte) filter.Spec {
 // rig is the port program with its maps and a filter table, no netdev:
 // every VI "veth" is lo (ifindex 1), enough for BPF_PROG_TEST_RUN.
 type rig struct {
-	t  *testing.T
+	t  testing.TB
 	m  *maps
 	p  *progs
 	tb *table
 }
 
-func newRig(t *testing.T, vis ...uint32) *rig {
+func newRig(t testing.TB, vis ...uint32) *rig {
 	m, p := newTestObjs(t)
 	tb := newTable(m, Limits{}.withDefaults(), func(uint32) (int, error) { return 1, nil })
 	t.Cleanup(tb.close)

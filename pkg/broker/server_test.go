@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -700,5 +701,114 @@ func TestNoLeaks(t *testing.T) {
 	if g1 := runtime.NumGoroutine(); g1 > g0 {
 		buf := make([]byte, 1<<16)
 		t.Errorf("goroutine leak: %d before, %d after\n%s", g0, g1, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// badSession returns fds together with errors, or the wrong number of fds.
+type badSession struct {
+	*fakeSession
+	fd int
+}
+
+func (b *badSession) RegisterMemory(context.Context, *RegMemRequest) (*RegMemReply, FD, error) {
+	return nil, TransferFD(b.fd), Errorf(syscall.ENOMEM, "no memory, but here is an fd anyway")
+}
+
+func (b *badSession) AllocVI(context.Context, *AllocVIRequest) (*AllocVIReply, FD, error) {
+	return &AllocVIReply{VI: 1, Geometry: Geometry{RxSize: 8, FillSize: 8, FrameSize: 2048}}, FD{}, nil
+}
+
+func TestServerFDOwnership(t *testing.T) {
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pipe[1])
+	ts := startServer(t, func(c *Config) {
+		c.Sessions = SessionFactoryFunc(func(_ context.Context, p Peer) (Session, error) {
+			return &badSession{newFakeSession(p), pipe[0]}, nil
+		})
+	})
+	c := dial(t, ts.path)
+	ctx := context.Background()
+	if _, err := c.RegisterMemory(ctx, 1, 2048); !errors.Is(err, syscall.ENOMEM) {
+		t.Fatalf("register: %v, want ENOMEM", err)
+	}
+	// The transferred fd was closed by the server, not sent with the error.
+	if _, err := unix.Write(pipe[1], []byte("x")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("transferred fd still open after an error reply: write gives %v, want EPIPE", err)
+	}
+	if _, err := c.AllocVI(ctx, AllocVIRequest{PD: 1, MemReg: 1, RxqCap: -1}); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("VI reply without its fd: %v, want EIO", err)
+	}
+	if _, err := c.AllocPD(ctx, 0); err != nil {
+		t.Fatalf("connection unusable after a session bug: %v", err)
+	}
+}
+
+// BenchmarkStatsRoundTrip measures one control-path request/reply over the socket.
+func BenchmarkStatsRoundTrip(b *testing.B) {
+	dir, _ := os.MkdirTemp("", "efb")
+	defer os.RemoveAll(dir)
+	fact := newFakeFactory()
+	srv, err := Listen(Config{Path: filepath.Join(dir, "s"), Sessions: fact, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	c, err := Dial(context.Background(), srv.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	pd, _ := c.AllocPD(ctx, 0)
+	mr, _ := c.RegisterMemory(ctx, pd, 2048)
+	mr.File.Close()
+	vi, err := c.AllocVI(ctx, AllocVIRequest{PD: pd, MemReg: mr.ID, EvqCap: -1, RxqCap: -1, TxqCap: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vi.File.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Stats(ctx, vi.ID, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAllocVIRoundTrip measures ALLOC_VI + FREE_VI including fd passing.
+func BenchmarkAllocVIRoundTrip(b *testing.B) {
+	dir, _ := os.MkdirTemp("", "efb")
+	defer os.RemoveAll(dir)
+	srv, err := Listen(Config{Path: filepath.Join(dir, "s"), Sessions: newFakeFactory(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	c, err := Dial(context.Background(), srv.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	pd, _ := c.AllocPD(ctx, 0)
+	mr, _ := c.RegisterMemory(ctx, pd, 2048)
+	mr.File.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		vi, err := c.AllocVI(ctx, AllocVIRequest{PD: pd, MemReg: mr.ID, EvqCap: -1, RxqCap: -1, TxqCap: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		vi.File.Close()
+		if err := c.FreeVI(ctx, vi.ID); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

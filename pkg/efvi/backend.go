@@ -119,7 +119,8 @@ var _ DataPath = (*VI)(nil)
 
 // Driver is ef_driver_handle: a session with a Backend.
 type Driver struct {
-	b Backend
+	b    Backend
+	info AllocationInfo
 }
 
 // Open starts using backend (ef_driver_open). Close the Driver to end the

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,7 +118,9 @@ func (n *node) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.alloc.SetPolicy(filter.Policy{OwnIPs: []netip.Addr{n.topo.PortIP}})
+	if err := n.alloc.SetPolicy(filter.Policy{OwnIPs: []netip.Addr{n.topo.PortIP}}); err != nil {
+		t.Fatal(err)
+	}
 	n.srv, err = broker.Listen(broker.Config{
 		Path: n.sock, Mode: 0o660, Sessions: n.alloc, Authorizer: broker.AllowUIDs(65534),
 		Chown: func(p string) error { return os.Chown(p, 65534, 65534) },
@@ -394,5 +397,63 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for: %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAttachmentLifecycle drives the CNI side: filters installed for a pod's
+// slot before the pod opens its VI steer traffic to the slot, CHECK notices a
+// filter removed behind its back, DEL is idempotent and frees the slot.
+func TestAttachmentLifecycle(t *testing.T) {
+	n := newNode(t, 233)
+	fab := fabricSocket(t, n, 6001)
+	kern := kernelSocket(t, n.topo.PortIP, 5000)
+	spec, err := filter.Parse("udp:" + n.topo.PortIP.String() + ":5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "ctr1/eth0"
+	if _, err := n.alloc.Attach(context.Background(), key, []filter.Spec{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.alloc.Attach(context.Background(), key, []filter.Spec{spec}); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("second attach of the same key: %v, want EEXIST", err)
+	}
+	other, _ := filter.Parse("udp:10.9.9.9:5000")
+	if _, err := n.alloc.Attach(context.Background(), "ctr2/eth0", []filter.Spec{other}); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("attach of another pod's IP: %v, want EPERM", err)
+	}
+	if err := n.port.CheckAttachment(key); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	sendFromFabric(t, fab, netip.AddrPortFrom(n.topo.PortIP, 5000), "cni", 5)
+	barrier(t, n, fab)
+	expectNothing(t, kern, "kernel socket on the attached port")
+	if c, err := n.plane.VICounters(3); err != nil || c.RxPackets != 5 {
+		t.Fatalf("slot 3 counters %+v, %v: want 5 rx", c, err)
+	}
+
+	// Behind its back: the data plane loses the filter, CHECK must say so.
+	if err := n.plane.RemoveFilter(dataplane.Handle{VI: 3, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.port.CheckAttachment(key); err == nil {
+		t.Fatal("check passed with the filter gone from the data plane")
+	}
+	for i := 0; i < 2; i++ {
+		if err := n.alloc.DetachFilters(key); err != nil {
+			t.Fatalf("detach %d: %v", i, err)
+		}
+	}
+	if vis := n.plane.VIs(); len(vis) != 0 {
+		t.Fatalf("VIs %v left after DEL", vis)
+	}
+	if len(n.port.Filters()) != 0 || len(n.port.Attachments()) != 0 {
+		t.Fatalf("table %v / attachments %v left after DEL", n.port.Filters(), n.port.Attachments())
+	}
+	sendFromFabric(t, fab, netip.AddrPortFrom(n.topo.PortIP, 5000), "after", 1)
+	_ = kern.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	if m, _, err := kern.ReadFromUDP(buf); err != nil || string(buf[:m]) != "after-0" {
+		t.Fatalf("after DEL the kernel got %q, %v; want after-0", buf[:m], err)
 	}
 }

@@ -19,8 +19,16 @@
 //   - ef_vi_filter_add/del → parse (efsink grammar; the host defaults to the
 //     pod's first IP), policy check (own IPs only; multicast and wide filters by
 //     allowance), the port's filter table (EEXIST/EBUSY), then the data plane.
-//   - closing the connection frees everything the client held: filters, VIs,
-//     memory.
+//   - closing the connection frees everything the client held: the filters it
+//     added, its sockets, its memory. The VI slot's data-plane veths stay
+//     while filters the CNI installed for the pod (an "attachment") remain.
+//
+// Filters have two kinds of owner on a VI slot: the pod's SDK sessions
+// (removed when the session ends) and the node's CNI attachments (installed
+// at pod start for the pod's own IPs, removed at CNI DEL). Both pass the same
+// policy and the same per-port table. The table and the attachments are
+// persisted per port, so a restarted agent still knows what a later DEL must
+// remove.
 //
 // A VI's id on the wire is its slot number on the port (the N of the device id
 // "<port>-vi<N>"), so ids are stable and unique per port.
@@ -31,17 +39,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
-	"github.com/kube-efvi/kube-efvi/pkg/broker"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
@@ -50,23 +54,38 @@ import (
 // implements it.
 type DataPlane interface {
 	CreateVI(ctx context.Context, c dataplane.VIConfig) (*dataplane.VI, error)
+	VI(id uint32) (*dataplane.VI, bool)
 	DestroyVI(id uint32) error
 	InstallFilter(vi uint32, s filter.Spec) (dataplane.Handle, error)
 	RemoveFilter(h dataplane.Handle) error
+	FilterHits(h dataplane.Handle) (uint64, error)
 	VICounters(id uint32) (dataplane.Counters, error)
 }
 
-// Port is one port as the service sees it: its data plane and filter table,
-// shared by every allocation on the port.
+// Port is one port as the service sees it: its data plane, its filter table
+// and the CNI attachments' filters, shared by every allocation on the port.
 type Port struct {
 	Name  string // interface name, e.g. "eth1"
 	MAC   [6]byte
 	MTU   int
 	Plane DataPlane
 
-	mu        sync.Mutex // serialises table+data plane changes on this port
-	table     *filter.Table
-	statePath string
+	mu          sync.Mutex // serialises table, attachments and data-plane changes
+	table       *filter.Table
+	attachments map[string][]AttachedFilter
+	statePath   string
+}
+
+// AttachedFilter is one filter a CNI attachment installed.
+type AttachedFilter struct {
+	Slot   uint32        `json:"slot"`
+	Cookie filter.Cookie `json:"cookie"`
+}
+
+// portState is what Persist keeps on disk.
+type portState struct {
+	Filters     []filter.Entry              `json:"filters"`
+	Attachments map[string][]AttachedFilter `json:"attachments,omitempty"`
 }
 
 // NewPort wraps a data plane. mac and mtu are the port's, told to clients so
@@ -75,7 +94,7 @@ func NewPort(name string, mac net.HardwareAddr, mtu int, plane DataPlane) (*Port
 	if len(mac) != 6 {
 		return nil, fmt.Errorf("port %s: MAC %q is not 6 bytes", name, mac)
 	}
-	p := &Port{Name: name, MTU: mtu, Plane: plane, table: filter.NewTable()}
+	p := &Port{Name: name, MTU: mtu, Plane: plane, table: filter.NewTable(), attachments: map[string][]AttachedFilter{}}
 	copy(p.MAC[:], mac)
 	return p, nil
 }
@@ -83,9 +102,10 @@ func NewPort(name string, mac net.HardwareAddr, mtu int, plane DataPlane) (*Port
 // Filters lists the port's filter table.
 func (p *Port) Filters() []filter.Entry { return p.table.List() }
 
-// Persist makes the port keep its filter table in path (JSON, replaced
-// atomically on every change) and restores the table from it if it exists, so
-// a restarted agent knows who owns the filters its data plane still holds.
+// Persist makes the port keep its filter table and attachments in path (JSON,
+// replaced atomically on every change) and restores them from it if it
+// exists, so a restarted agent knows who owns the filters its data plane
+// still holds.
 func (p *Port) Persist(path string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -97,12 +117,15 @@ func (p *Port) Persist(path string) error {
 	if err != nil {
 		return fmt.Errorf("read filter state: %w", err)
 	}
-	var entries []filter.Entry
-	if err := json.Unmarshal(b, &entries); err != nil {
+	var st portState
+	if err := json.Unmarshal(b, &st); err != nil {
 		return fmt.Errorf("filter state %s is corrupt (%v): move it away to start with an empty table", path, err)
 	}
-	if err := p.table.Restore(entries); err != nil {
+	if err := p.table.Restore(st.Filters); err != nil {
 		return fmt.Errorf("restore filter state from %s: %w", path, err)
+	}
+	if st.Attachments != nil {
+		p.attachments = st.Attachments
 	}
 	return nil
 }
@@ -111,153 +134,188 @@ func (p *Port) persistLocked() error {
 	if p.statePath == "" {
 		return nil
 	}
-	b, err := json.Marshal(p.table.Snapshot())
+	b, err := json.Marshal(portState{Filters: p.table.Snapshot(), Attachments: p.attachments})
 	if err != nil {
 		return err
 	}
 	return allocator.WriteFileAtomic(p.statePath, b, 0o600)
 }
 
-// Limits bound what one client may hold.
-type Limits struct {
-	MaxMemory uint64 // bytes of packet memory per session (default 1 GiB)
-	MaxPDs    int    // default 16
-	MaxMemReg int    // default 16
-}
-
-func (l Limits) withDefaults() Limits {
-	if l.MaxMemory == 0 {
-		l.MaxMemory = 1 << 30
+// addFilterLocked applies policy, the table and the data plane, in that
+// order, undoing the table entry if the data plane refuses.
+func (p *Port) addFilterLocked(owner filter.VIID, spec filter.Spec, pol filter.Policy) (filter.Cookie, error) {
+	if err := pol.Check(spec); err != nil {
+		return 0, err
 	}
-	if l.MaxPDs == 0 {
-		l.MaxPDs = 16
-	}
-	if l.MaxMemReg == 0 {
-		l.MaxMemReg = 16
-	}
-	return l
-}
-
-// Allocation is what the kubelet gave one container: VI slots on one port.
-// It is a broker.SessionFactory: each connection to the allocation's socket
-// gets a session limited to these slots.
-type Allocation struct {
-	Pool    string
-	Port    *Port
-	Devices []string // device ids, "<port>-vi<N>"
-	Limits  Limits
-	Logger  *slog.Logger
-
-	slots []uint32
-
-	mu       sync.Mutex
-	policy   filter.Policy // OwnIPs come from the CNI
-	inUse    map[uint32]bool
-	detached bool
-}
-
-// Detach makes sessions that end from now on leave their VIs and filters in
-// place: the agent is exiting, and the pods' own fds keep their VIs flowing
-// until a restarted agent takes over. Only the agent's references are closed.
-func (a *Allocation) Detach() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.detached = true
-}
-
-func (a *Allocation) isDetached() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.detached
-}
-
-// NewAllocation checks the device ids against the port and returns the
-// allocation with an empty policy (no own IPs yet: IP filters are refused
-// until SetAddrs).
-func NewAllocation(pool string, port *Port, devices []string, logger *slog.Logger) (*Allocation, error) {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	a := &Allocation{Pool: pool, Port: port, Devices: slices.Clone(devices), Logger: logger, inUse: map[uint32]bool{}}
-	for _, d := range devices {
-		n, err := SlotOf(port.Name, d)
-		if err != nil {
-			return nil, err
-		}
-		a.slots = append(a.slots, n)
-	}
-	if len(a.slots) == 0 {
-		return nil, fmt.Errorf("allocation on pool %s: no devices", pool)
-	}
-	return a, nil
-}
-
-// SlotOf parses the VI slot number out of a device id "<port>-vi<N>".
-func SlotOf(port, device string) (uint32, error) {
-	rest, ok := strings.CutPrefix(device, port+"-vi")
-	if !ok {
-		return 0, fmt.Errorf("device %q is not a VI slot of port %s (want %s-vi<N>)", device, port, port)
-	}
-	n, err := strconv.ParseUint(rest, 10, 32)
+	cookie, err := p.table.Add(owner, spec)
 	if err != nil {
-		return 0, fmt.Errorf("device %q: slot number %q: %w", device, rest, err)
+		return 0, err
 	}
-	return uint32(n), nil
+	if _, err := p.Plane.InstallFilter(uint32(owner), spec); err != nil {
+		if derr := p.table.Del(owner, cookie); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return 0, fmt.Errorf("install filter %s on VI %d: %w", spec, owner, err)
+	}
+	return cookie, nil
 }
 
-// SetPolicy replaces the allocation's filter policy (own IPs and allowances).
-// VIs already created get the new addresses as their allowed TX sources.
-func (a *Allocation) SetPolicy(p filter.Policy) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.policy = p
+// delFilterLocked removes one filter from the data plane and the table.
+func (p *Port) delFilterLocked(owner filter.VIID, cookie filter.Cookie) error {
+	e, ok := p.table.Lookup(cookie)
+	if !ok || e.Owner != owner {
+		return &filter.Error{Errno: syscall.ENOENT, Reason: fmt.Sprintf("no filter with cookie %d on VI %d", cookie, owner)}
+	}
+	if err := p.Plane.RemoveFilter(dataplane.Handle{VI: uint32(owner), Spec: e.Spec}); err != nil && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("remove filter %s from VI %d: %w", e.Spec, owner, err)
+	}
+	return p.table.Del(owner, cookie)
 }
 
-// Policy returns the current filter policy.
-func (a *Allocation) Policy() filter.Policy {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.policy
+// AddFilter adds one filter for a VI slot under a policy.
+func (p *Port) AddFilter(owner filter.VIID, spec filter.Spec, pol filter.Policy) (filter.Cookie, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, err := p.addFilterLocked(owner, spec, pol)
+	if err != nil {
+		return 0, err
+	}
+	return c, p.persistLocked()
 }
 
-// claimSlot takes a free slot for a new VI.
-func (a *Allocation) claimSlot() (uint32, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, s := range a.slots {
-		if !a.inUse[s] {
-			a.inUse[s] = true
-			return s, true
+// DelFilter removes one filter of a VI slot.
+func (p *Port) DelFilter(owner filter.VIID, cookie filter.Cookie) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.delFilterLocked(owner, cookie); err != nil {
+		return err
+	}
+	return p.persistLocked()
+}
+
+// Attach installs a CNI attachment's filters on a VI slot, all or nothing.
+// key names the attachment (e.g. container id + ifname). Attaching a key that
+// is already attached is EEXIST: DEL it first.
+func (p *Port) Attach(key string, slot uint32, specs []filter.Spec, pol filter.Policy) ([]filter.Cookie, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.attachments[key]; ok {
+		return nil, &filter.Error{Errno: syscall.EEXIST, Reason: fmt.Sprintf("attachment %s already has filters on port %s; delete it first", key, p.Name)}
+	}
+	var done []AttachedFilter
+	for _, s := range specs {
+		c, err := p.addFilterLocked(filter.VIID(slot), s, pol)
+		if err != nil {
+			for _, d := range done {
+				if derr := p.delFilterLocked(filter.VIID(d.Slot), d.Cookie); derr != nil {
+					err = errors.Join(err, derr)
+				}
+			}
+			return nil, fmt.Errorf("attachment %s: %w", key, err)
+		}
+		done = append(done, AttachedFilter{Slot: slot, Cookie: c})
+	}
+	p.attachments[key] = done
+	cookies := make([]filter.Cookie, len(done))
+	for i, d := range done {
+		cookies[i] = d.Cookie
+	}
+	return cookies, p.persistLocked()
+}
+
+// Detach removes an attachment's filters. It is idempotent: an unknown key
+// (already detached, or never attached) is not an error.
+func (p *Port) Detach(key string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, d := range p.attachments[key] {
+		if err := p.delFilterLocked(filter.VIID(d.Slot), d.Cookie); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, err)
 		}
 	}
-	return 0, false
+	delete(p.attachments, key)
+	return errors.Join(append(errs, p.persistLocked())...)
 }
 
-func (a *Allocation) releaseSlot(s uint32) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.inUse, s)
-}
-
-// NewSession implements broker.SessionFactory.
-func (a *Allocation) NewSession(_ context.Context, p broker.Peer) (broker.Session, error) {
-	return &session{
-		alloc:  a,
-		peer:   p,
-		limits: a.Limits.withDefaults(),
-		log:    a.Logger.With("pool", a.Pool, "port", a.Port.Name, "peer", p.String()),
-		pds:    map[broker.PDID]bool{},
-		mems:   map[broker.MemRegID]*memRegion{},
-		vis:    map[broker.VIID]*vi{},
-	}, nil
-}
-
-var errNoAddrs = errors.New("this pod's IP addresses are not known yet (the CNI reports them at pod start)")
-
-// defaultHost is the host an SDK filter without one gets: the pod's first IP.
-func defaultHost(p filter.Policy) netip.Addr {
-	if len(p.OwnIPs) > 0 {
-		return p.OwnIPs[0]
+// CheckAttachment verifies that every filter of the attachment is in the
+// table and live in the data plane.
+func (p *Port) CheckAttachment(key string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	att, ok := p.attachments[key]
+	if !ok {
+		return &filter.Error{Errno: syscall.ENOENT, Reason: fmt.Sprintf("attachment %s has no filters on port %s", key, p.Name)}
 	}
-	return netip.Addr{}
+	for _, d := range att {
+		e, ok := p.table.Lookup(d.Cookie)
+		if !ok {
+			return &filter.Error{Errno: syscall.ENOENT, Reason: fmt.Sprintf("attachment %s: filter cookie %d is missing from the table", key, d.Cookie)}
+		}
+		if _, err := p.Plane.FilterHits(dataplane.Handle{VI: d.Slot, Spec: e.Spec}); err != nil {
+			return fmt.Errorf("attachment %s: filter %s on VI %d is not live in the data plane: %w", key, e.Spec, d.Slot, err)
+		}
+	}
+	return nil
+}
+
+// Attachments lists the attachment keys on this port, sorted.
+func (p *Port) Attachments() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	keys := make([]string, 0, len(p.attachments))
+	for k := range p.attachments {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// slotAttached reports whether any attachment holds filters on slot.
+func (p *Port) slotAttached(slot uint32) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, att := range p.attachments {
+		for _, d := range att {
+			if d.Slot == slot {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// removeCookies removes the given filters of a VI slot (a session's own).
+func (p *Port) removeCookies(owner filter.VIID, cookies []filter.Cookie) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, c := range cookies {
+		if err := p.delFilterLocked(owner, c); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(append(errs, p.persistLocked())...)
+}
+
+// removeOwner drops every filter of a VI slot and forgets attachments that
+// pointed at it.
+func (p *Port) removeOwner(owner filter.VIID) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, e := range p.table.RemoveOwner(owner) {
+		if err := p.Plane.RemoveFilter(dataplane.Handle{VI: uint32(owner), Spec: e.Spec}); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove filter %s: %w", e.Spec, err))
+		}
+	}
+	for k, att := range p.attachments {
+		att = slices.DeleteFunc(att, func(d AttachedFilter) bool { return d.Slot == uint32(owner) })
+		if len(att) == 0 {
+			delete(p.attachments, k)
+		} else {
+			p.attachments[k] = att
+		}
+	}
+	return errors.Join(append(errs, p.persistLocked())...)
 }

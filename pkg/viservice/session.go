@@ -113,7 +113,7 @@ func ringSize(req int32, def uint32, name string) (uint32, error) {
 	return 1 << bits.Len32(uint32(req)-1), nil // round up to a power of two, as EF10 does
 }
 
-func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (_ *broker.AllocVIReply, _ broker.FD, err error) {
+func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*broker.AllocVIReply, broker.FD, error) {
 	if !s.pds[req.PD] {
 		return nil, broker.FD{}, broker.Errorf(syscall.EINVAL, "alloc VI: no protection domain %d in this session", req.PD)
 	}
@@ -140,25 +140,16 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (_ *b
 	if !ok {
 		return nil, broker.FD{}, broker.Errorf(syscall.EBUSY, "alloc VI: every VI slot of this allocation (%v) is in use; free one or request more %s VIs", s.alloc.Devices, s.alloc.Pool)
 	}
-	defer func() {
-		if err != nil {
-			s.alloc.releaseSlot(slot)
+	fail := func(err error) (*broker.AllocVIReply, broker.FD, error) {
+		s.alloc.releaseSlot(slot)
+		if derr := s.alloc.destroyIfIdle(slot); derr != nil {
+			s.log.Error("clean up VI after failed alloc", "slot", slot, "err", derr)
 		}
-	}()
-	port := s.alloc.Port
-	pol := s.alloc.Policy()
-	port.mu.Lock()
-	dv, err := port.Plane.CreateVI(ctx, dataplane.VIConfig{ID: slot, SrcMAC: port.MAC, SrcIPs: pol.OwnIPs})
-	port.mu.Unlock()
-	if err != nil {
-		return nil, broker.FD{}, fmt.Errorf("alloc VI slot %d on %s: %w", slot, port.Name, err)
+		return nil, broker.FD{}, err
 	}
-	destroy := func() {
-		port.mu.Lock()
-		defer port.mu.Unlock()
-		if derr := port.Plane.DestroyVI(slot); derr != nil {
-			s.log.Error("destroy VI after failed alloc", "slot", slot, "err", derr)
-		}
+	dv, err := s.alloc.ensureVI(ctx, slot)
+	if err != nil {
+		return fail(fmt.Errorf("alloc VI: %w", err))
 	}
 	sock, err := xsk.Create(xsk.Config{
 		Ifindex: dv.PeerIfindex(),
@@ -168,13 +159,11 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (_ *b
 		TxBudget: tx,
 	})
 	if err != nil {
-		destroy()
-		return nil, broker.FD{}, fmt.Errorf("alloc VI slot %d: AF_XDP socket on %s: %w", slot, dv.PeerName(), err)
+		return fail(fmt.Errorf("alloc VI slot %d: AF_XDP socket on %s: %w", slot, dv.PeerName(), err))
 	}
 	if err := dv.AttachXSK(int(sock.FD.Fd())); err != nil {
 		sock.Close()
-		destroy()
-		return nil, broker.FD{}, fmt.Errorf("alloc VI slot %d: attach socket: %w", slot, err)
+		return fail(fmt.Errorf("alloc VI slot %d: attach socket: %w", slot, err))
 	}
 	v := &vi{id: broker.VIID(slot), slot: slot, mem: m, sock: sock, dpVI: dv, cookie: map[broker.FilterCookie]filter.Spec{}}
 	s.vis[v.id] = v
@@ -218,61 +207,13 @@ func (s *session) FilterAdd(_ context.Context, req *broker.FilterAddRequest) (*b
 	return &broker.FilterAddReply{Cookie: broker.FilterCookie(cookie)}, nil
 }
 
-// AddFilter applies policy, the port's filter table and the data plane, in
-// that order, undoing the table entry if the data plane refuses.
-func (p *Port) AddFilter(owner filter.VIID, spec filter.Spec, pol filter.Policy) (filter.Cookie, error) {
-	if err := pol.Check(spec); err != nil {
-		return 0, err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cookie, err := p.table.Add(owner, spec)
-	if err != nil {
-		return 0, err
-	}
-	if _, err := p.Plane.InstallFilter(uint32(owner), spec); err != nil {
-		if derr := p.table.Del(owner, cookie); derr != nil {
-			err = errors.Join(err, derr)
-		}
-		return 0, fmt.Errorf("install filter %s on VI %d: %w", spec, owner, err)
-	}
-	return cookie, p.persistLocked()
-}
-
-// DelFilter removes one filter from the data plane and the table.
-func (p *Port) DelFilter(owner filter.VIID, cookie filter.Cookie) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e, ok := p.table.Lookup(cookie)
-	if !ok || e.Owner != owner {
-		return &filter.Error{Errno: syscall.ENOENT, Reason: fmt.Sprintf("no filter with cookie %d on VI %d", cookie, owner)}
-	}
-	if err := p.Plane.RemoveFilter(dataplane.Handle{VI: uint32(owner), Spec: e.Spec}); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("remove filter %s from VI %d: %w", e.Spec, owner, err)
-	}
-	if err := p.table.Del(owner, cookie); err != nil {
-		return err
-	}
-	return p.persistLocked()
-}
-
-// removeOwner drops every filter of a VI (table first, then data plane).
-func (p *Port) removeOwner(owner filter.VIID) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var errs []error
-	for _, e := range p.table.RemoveOwner(owner) {
-		if err := p.Plane.RemoveFilter(dataplane.Handle{VI: uint32(owner), Spec: e.Spec}); err != nil && !errors.Is(err, syscall.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove filter %s: %w", e.Spec, err))
-		}
-	}
-	return errors.Join(append(errs, p.persistLocked())...)
-}
-
 func (s *session) FilterDel(_ context.Context, req *broker.FilterDelRequest) error {
 	v, err := s.vi(req.VI)
 	if err != nil {
 		return err
+	}
+	if _, own := v.cookie[req.Cookie]; !own {
+		return broker.Errorf(syscall.ENOENT, "VI %d has no filter with cookie %d added by this client (filters the node installed for the pod are removed by the node)", v.slot, req.Cookie)
 	}
 	if err := s.alloc.Port.DelFilter(filter.VIID(v.slot), filter.Cookie(req.Cookie)); err != nil {
 		return err
@@ -309,24 +250,25 @@ func (s *session) Stats(_ context.Context, req *broker.StatsRequest) (*broker.St
 	}}, nil
 }
 
-// freeVI removes the VI's filters, its data-plane veths and the agent's
-// reference to its socket, and releases its slot.
+// freeVI detaches the VI's socket from the data plane, removes the filters
+// this client added, drops the agent's socket reference and releases the
+// slot; the slot's veths go too unless CNI filters still use them.
 func (s *session) freeVI(v *vi) error {
-	port := s.alloc.Port
-	err := port.removeOwner(filter.VIID(v.slot))
-	port.mu.Lock()
-	if derr := port.Plane.DestroyVI(v.slot); derr != nil {
-		err = errors.Join(err, fmt.Errorf("destroy VI %d: %w", v.slot, derr))
+	var errs []error
+	if err := v.dpVI.DetachXSK(); err != nil {
+		errs = append(errs, err)
 	}
-	port.mu.Unlock()
-	if cerr := v.sock.Close(); cerr != nil {
-		err = errors.Join(err, cerr)
+	cookies := make([]filter.Cookie, 0, len(v.cookie))
+	for c := range v.cookie {
+		cookies = append(cookies, filter.Cookie(c))
 	}
+	errs = append(errs, s.alloc.Port.removeCookies(filter.VIID(v.slot), cookies), v.sock.Close())
 	v.mem.refs--
 	delete(s.vis, v.id)
 	s.alloc.releaseSlot(v.slot)
+	errs = append(errs, s.alloc.destroyIfIdle(v.slot))
 	s.log.Info("VI freed", "vi", v.slot)
-	return err
+	return errors.Join(errs...)
 }
 
 func (s *session) FreeVI(_ context.Context, req *broker.FreeVIRequest) error {

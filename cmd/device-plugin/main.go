@@ -5,9 +5,18 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/kube-efvi/kube-efvi/pkg/agent"
+	"github.com/kube-efvi/kube-efvi/pkg/config"
 )
 
 const usage = `efvi-agent: the kube-efvi node agent.
@@ -16,24 +25,128 @@ Usage:
   efvi-agent [flags]
 
 What it does today:
-  Nothing yet beyond this help: discovery, the device plugin, the broker and
-  the data plane arrive with their issues. Run with --help to see this text.
+  - Reads the pool config (YAML, strict; --config), and reloads it when the
+    file changes (ConfigMap updates included) or on SIGHUP, keeping
+    allocations. Without a config, every Solarflare port (driver sfc,
+    sfc_efct, xilinx_efct) becomes a hardware pool named after it.
+  - Discovers ports from sysfs (driver, PCI address, NUMA node, MAC, link
+    state) and rescans on netlink link events.
+  - Runs one kubelet device plugin per pool (resource <prefix>/<pool>, devices
+    <ifname>-vi<N> with NUMA topology), re-registering within milliseconds of a
+    kubelet restart. Link down or a missing /dev/sfc_char → Unhealthy, and
+    Healthy again on recovery.
+  - Allocate: records the VI slots (checkpoint in the state dir), creates a
+    per-allocation directory mounted at /run/efvi/<pool>/ (the VI broker will
+    listen on broker.sock there; today the directory is all there is), sets
+    EFVI_SOCKET/EFVI_DEVICES and EFVI_SOCKET_<POOL>/EFVI_DEVICES_<POOL>, passes
+    /dev/sfc_char (+ /dev/onload*) for hardware pools, or a CDI device when
+    CDI is enabled.
+  - Reconciles allocations with the kubelet PodResources API: slots of deleted
+    pods come back; a slot is never issued twice.
+  - Serves Prometheus metrics on /metrics (and /healthz).
+  Not yet: the VI broker, the software data plane (XDP/AF_XDP), filters.
 
-Flags:
+Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the config.
+
+Flags (override the config file's agent settings):
 `
 
-func main() {
+func main() { os.Exit(run()) }
+
+func run() int {
 	fs := flag.NewFlagSet("efvi-agent", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
+	var (
+		cfgPath      = fs.String("config", "", "pool config file (YAML); empty: one hardware pool per Solarflare port")
+		kubeletDir   = fs.String("kubelet-dir", config.DefaultPluginDir, "kubelet device-plugins directory (kubelet.sock)")
+		podResources = fs.String("pod-resources-socket", config.DefaultPodResourcesSocket, "kubelet PodResources API socket")
+		stateDir     = fs.String("state-dir", config.DefaultStateDir, "directory for the allocation checkpoint")
+		brokerDir    = fs.String("broker-dir", config.DefaultBrokerDir, "directory for per-allocation broker endpoints")
+		cdiEnabled   = fs.Bool("cdi", false, "answer Allocate with CDI devices (the runtime must support CDI)")
+		cdiDir       = fs.String("cdi-dir", config.DefaultCDIDir, "CDI spec directory")
+		metricsAddr  = fs.String("metrics-address", config.DefaultMetricsAddress, `metrics listen address, or "off"`)
+		sysfs        = fs.String("sysfs", "/sys", "sysfs mount point")
+		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat    = fs.String("log-format", "json", "json or text")
+	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-		os.Exit(2)
+		return 2
 	}
-	fs.Usage()
-	os.Exit(2)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "efvi-agent: unexpected arguments %q (flags only; see --help)\n", fs.Args())
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "efvi-agent: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch strings.ToLower(*logFormat) {
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, hopts)
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, hopts)
+	default:
+		fmt.Fprintf(os.Stderr, "efvi-agent: --log-format %q: want json or text\n", *logFormat)
+		return 2
+	}
+	log := slog.New(h)
+
+	// Only flags given on the command line override the file.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	override := func(a *config.Agent) {
+		if set["kubelet-dir"] {
+			a.PluginDir = *kubeletDir
+		}
+		if set["pod-resources-socket"] {
+			a.PodResourcesSocket = *podResources
+		}
+		if set["state-dir"] {
+			a.StateDir = *stateDir
+		}
+		if set["broker-dir"] {
+			a.BrokerDir = *brokerDir
+		}
+		if set["cdi"] {
+			a.CDI.Enabled = *cdiEnabled
+		}
+		if set["cdi-dir"] {
+			a.CDI.Dir = *cdiDir
+		}
+		if set["metrics-address"] {
+			a.MetricsAddress = *metricsAddr
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ag := agent.New(agent.Options{ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log})
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading the config")
+				ag.Reload()
+			}
+		}
+	}()
+	if err := ag.Run(ctx); err != nil {
+		log.Error("efvi-agent failed to start", "err", err)
+		return 1
+	}
+	return 0
 }

@@ -76,7 +76,7 @@ func (w *CDIWriter) Write(resource, allocationID string, envs map[string]string,
 		edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{Path: n.ContainerPath, HostPath: n.HostPath, Permissions: n.Permissions})
 	}
 	spec := &cdispec.Spec{Kind: resource, Devices: []cdispec.Device{{Name: allocationID, ContainerEdits: edits}}}
-	v, err := cdi.MinimumRequiredVersion(spec)
+	v, err := cdispec.MinimumRequiredVersion(spec)
 	if err != nil {
 		return "", fmt.Errorf("CDI spec version: %w", err)
 	}

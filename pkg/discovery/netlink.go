@@ -30,8 +30,12 @@ func (n Netlink) Subscribe(ctx context.Context) (<-chan struct{}, error) {
 	var once sync.Once
 	stop := func() { once.Do(func() { close(done) }) }
 	opts := netlink.LinkSubscribeOptions{
-		Namespace:     n.NS,
-		ErrorCallback: func(err error) { log.Warn("netlink link subscription", "err", err) },
+		Namespace: n.NS,
+		ErrorCallback: func(err error) {
+			if ctx.Err() == nil { // closing the socket at shutdown also reports an error
+				log.Warn("netlink link subscription", "err", err)
+			}
+		},
 	}
 	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
 		return nil, fmt.Errorf("subscribe to netlink link events: %w", err)

@@ -155,30 +155,11 @@ func TestKilledClientIsFreed(t *testing.T) {
 // the passed AF_XDP socket must be usable though the child cannot create one.
 func TestUnprivilegedPeer(t *testing.T) {
 	testnet.RequireRoot(t)
-	const nobody = 65534
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The child must reach the binary and the socket: copy both into a
-	// world-traversable directory.
-	dir, err := os.MkdirTemp("", "efb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "child.test")
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cred := &syscall.Credential{Uid: nobody, Gid: nobody}
+	const nobody = testnet.Nobody
+	// The child must reach the binary and the socket: both live in the
+	// world-traversable directory UnprivilegedCommand makes.
+	probe, dir := testnet.UnprivilegedCommand(t)
+	bin, cred := probe.Path, probe.SysProcAttr.Credential
 	chown := func(p string) error { return os.Chown(p, nobody, nobody) }
 
 	run := func(auth Authorizer) (*fakeFactory, []string, int) {

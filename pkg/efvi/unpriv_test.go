@@ -5,18 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kube-efvi/kube-efvi/internal/testnet"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
 	"github.com/kube-efvi/kube-efvi/pkg/xsk"
@@ -131,37 +128,6 @@ func unprivChild() error {
 	return errors.New("no RX event")
 }
 
-// copyExecutable makes the test binary runnable by uid 65534.
-func copyExecutable(t *testing.T) string {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dst := filepath.Join(dir, "efvi.test")
-	in, err := os.Open(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
-
 func TestUnprivilegedProcess(t *testing.T) {
 	tp := xsktest.New(t)
 	xskFD, memFD, g := agent(t, tp, agentCfg{})
@@ -171,10 +137,9 @@ func TestUnprivilegedProcess(t *testing.T) {
 	u := tp.ListenUDP(t, 0)
 	params, _ := json.Marshal(childParams{Geometry: g, Flow: flowTo(tp, u.Port)})
 
-	cmd := exec.Command(copyExecutable(t), "-test.run=^$")
+	cmd, _ := testnet.UnprivilegedCommand(t)
 	cmd.Env = append(os.Environ(), childEnv+"="+string(params))
 	cmd.ExtraFiles = []*os.File{xskFile, memFile} // fds 3 and 4
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

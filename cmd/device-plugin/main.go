@@ -17,6 +17,8 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
+	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
+	"github.com/kube-efvi/kube-efvi/pkg/softvi"
 )
 
 const usage = `efvi-agent: the kube-efvi node agent.
@@ -129,7 +131,23 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ag := agent.New(agent.Options{ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log})
+	// The software VI backend: data planes on software pools' ports and the
+	// per-allocation broker sockets that hand VIs to pods.
+	sw := softvi.New(softvi.Config{Logger: log})
+	defer func() {
+		if err := sw.Close(); err != nil {
+			log.Error("detach software backend", "err", err)
+		}
+	}()
+	ag := agent.New(agent.Options{
+		ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log,
+		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {
+			sw.UseDirs(a.BrokerDir, a.StateDir)
+			return sw
+		},
+		OnPoolPorts:    sw.OnPoolPorts,
+		SoftwareHealth: sw.Healthy,
+	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

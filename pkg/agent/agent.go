@@ -66,6 +66,9 @@ type Options struct {
 	// Broker makes per-allocation broker endpoints (default DirBroker under
 	// <brokerDir>/alloc).
 	Broker deviceplugin.BrokerProvider
+	// NewBroker, if set, makes the BrokerProvider from the resolved agent
+	// settings (paths come from the file and flags); it wins over Broker.
+	NewBroker func(config.Agent) deviceplugin.BrokerProvider
 	// OnPoolPorts is called after a pool's ports change.
 	OnPoolPorts func(pool config.Pool, ports []discovery.Port)
 	// SoftwareHealth reports whether the software data plane works on a
@@ -179,6 +182,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.broker = a.opts.Broker
+	if a.opts.NewBroker != nil {
+		a.broker = a.opts.NewBroker(ag)
+	}
 	if a.broker == nil {
 		a.broker = DirBroker{Root: filepath.Join(ag.BrokerDir, "alloc")}
 	}

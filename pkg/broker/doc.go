@@ -17,7 +17,7 @@
 // from the kernel. File descriptors ride with a reply as SCM_RIGHTS. Every
 // socket is created with SOCK_CLOEXEC and every recvmsg uses
 // MSG_CMSG_CLOEXEC, so no fd is ever inheritable. The socket file is created
-// with mode 0600 (or 0660) and its owner set by a hook before listen(2), so
+// with mode 0600 (0660, or 0666 inside a per-container directory) and its owner set by a hook before listen(2), so
 // nobody can connect while the mode is still the umask's. A zero-length
 // record is indistinguishable from EOF on SOCK_SEQPACKET and closes the
 // connection.

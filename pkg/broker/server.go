@@ -122,7 +122,10 @@ type Config struct {
 	// Path of the socket file (at most 107 bytes). Its directory must exist;
 	// a stale socket at Path is replaced, any other file is an error.
 	Path string
-	// Mode of the socket file: 0600 (default) or 0660.
+	// Mode of the socket file: 0600 (default), 0660, or 0666 when the
+	// directory holding it is the access control (a per-allocation directory
+	// mounted into one container, whose uid the agent does not know); the
+	// Authorizer still checks every peer.
 	Mode fs.FileMode
 	// Chown, if set, is called with Path after the socket file is created and
 	// before it accepts connections (e.g. os.Chown(path, uid, gid)).
@@ -171,9 +174,9 @@ func Listen(cfg Config) (*Server, error) {
 	switch cfg.Mode {
 	case 0:
 		cfg.Mode = 0o600
-	case 0o600, 0o660:
+	case 0o600, 0o660, 0o666:
 	default:
-		return nil, fmt.Errorf("broker listen %s: mode %#o not allowed, use 0600 or 0660", cfg.Path, cfg.Mode)
+		return nil, fmt.Errorf("broker listen %s: mode %#o not allowed, use 0600, 0660 or 0666", cfg.Path, cfg.Mode)
 	}
 	if cfg.Authorizer == nil {
 		cfg.Authorizer = AllowAny()

@@ -280,8 +280,8 @@ func TestSocketFileMode(t *testing.T) {
 	if fi.Mode().Perm() != 0o660 || fi.Mode().Type() != os.ModeSocket || chowned != ts.path {
 		t.Fatalf("mode %v, chown hook got %q", fi.Mode(), chowned)
 	}
-	if _, err := Listen(Config{Path: ts.path + "x", Sessions: ts.fact, Mode: 0o666}); err == nil {
-		t.Fatal("mode 0666 accepted")
+	if _, err := Listen(Config{Path: ts.path + "x", Sessions: ts.fact, Mode: 0o777}); err == nil {
+		t.Fatal("mode 0777 accepted")
 	}
 	notSock := filepath.Join(filepath.Dir(ts.path), "plain")
 	os.WriteFile(notSock, nil, 0o600)

@@ -1,0 +1,311 @@
+// Package softvi is the node agent's software VI backend: it puts the XDP
+// data plane (pkg/dataplane) on every port of a software pool, and serves each
+// allocation's broker socket (pkg/broker) with a VI service (pkg/viservice),
+// so an unprivileged pod gets its VI as file descriptors.
+//
+// It plugs into pkg/agent through the agent's three seams: OnPoolPorts (open
+// the data plane when a pool's ports are known), SoftwareHealth (a port whose
+// data plane failed advertises Unhealthy slots) and the device plugin's
+// BrokerProvider (Prepare serves the allocation's socket, Release frees its
+// VIs). On agent exit, Close detaches: data-plane links and maps stay pinned
+// and the pods' sockets keep their VIs flowing until a restarted agent
+// re-adopts them.
+package softvi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/kube-efvi/kube-efvi/pkg/agent"
+	"github.com/kube-efvi/kube-efvi/pkg/allocator"
+	"github.com/kube-efvi/kube-efvi/pkg/broker"
+	"github.com/kube-efvi/kube-efvi/pkg/config"
+	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
+	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
+	"github.com/kube-efvi/kube-efvi/pkg/discovery"
+	"github.com/kube-efvi/kube-efvi/pkg/viservice"
+)
+
+// SocketName is the broker socket's name inside an allocation's directory.
+const SocketName = "broker.sock"
+
+// Config configures the backend.
+type Config struct {
+	// BPFRoot is where each port's maps and links are pinned
+	// (default /sys/fs/bpf/kube-efvi).
+	BPFRoot string
+	// StateDir keeps each port's filter table (default /var/lib/efvi/ports).
+	StateDir string
+	// BrokerRoot holds the per-allocation directories (e.g. /run/efvi/alloc).
+	BrokerRoot string
+	// Registry indexes ports and allocations for the CNI side (created if nil).
+	Registry *viservice.Registry
+	// Authorizer checks each broker peer (default: KubepodsPeer).
+	Authorizer broker.Authorizer
+	Logger     *slog.Logger
+}
+
+// Backend is the software VI backend.
+type Backend struct {
+	cfg  Config
+	log  *slog.Logger
+	dirs agent.DirBroker
+
+	mu     sync.Mutex
+	planes map[string]*dataplane.Port // by port name
+	failed map[string]error           // ports whose data plane failed to open
+	served map[string]*served         // by allocation id
+}
+
+type served struct {
+	alloc  *viservice.Allocation
+	srv    *broker.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a backend; nothing is opened until ports or allocations come.
+func New(cfg Config) *Backend {
+	if cfg.BPFRoot == "" {
+		cfg.BPFRoot = filepath.Join(dataplane.DefaultBPFFS, "kube-efvi")
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/lib/efvi/ports"
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = viservice.NewRegistry()
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = KubepodsPeer{ProcRoot: "/proc"}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Backend{
+		cfg: cfg, log: cfg.Logger.With("component", "softvi"), dirs: agent.DirBroker{Root: cfg.BrokerRoot},
+		planes: map[string]*dataplane.Port{}, failed: map[string]error{}, served: map[string]*served{},
+	}
+}
+
+// UseDirs sets the directories from the agent's resolved settings: the
+// broker root is <brokerDir>/alloc, port state goes to <stateDir>/ports. Call
+// it before the first port or allocation (pkg/agent's NewBroker does).
+func (b *Backend) UseDirs(brokerDir, stateDir string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cfg.BrokerRoot = filepath.Join(brokerDir, "alloc")
+	b.cfg.StateDir = filepath.Join(stateDir, "ports")
+	b.dirs = agent.DirBroker{Root: b.cfg.BrokerRoot}
+}
+
+// Registry returns the backend's registry of ports and allocations.
+func (b *Backend) Registry() *viservice.Registry { return b.cfg.Registry }
+
+// OnPoolPorts opens the data plane on a software pool's ports (agent seam).
+func (b *Backend) OnPoolPorts(pool config.Pool, ports []discovery.Port) {
+	if pool.Backend != config.Software {
+		return
+	}
+	for _, p := range ports {
+		if _, err := b.port(p.Name); err != nil {
+			b.log.Error("software data plane unavailable: the port's VI slots are Unhealthy", "pool", pool.Name, "port", p.Name, "err", err)
+		}
+	}
+}
+
+// Healthy reports whether a port's data plane is up (agent seam).
+func (b *Backend) Healthy(_ string, p discovery.Port) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, bad := b.failed[p.Name]
+	return !bad
+}
+
+// port returns the port's VI service, opening (or re-adopting) its data
+// plane the first time.
+func (b *Backend) port(name string) (*viservice.Port, error) {
+	if p, ok := b.cfg.Registry.Port(name); ok {
+		return p, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p, ok := b.cfg.Registry.Port(name); ok {
+		return p, nil
+	}
+	p, err := b.openLocked(name)
+	if err != nil {
+		b.failed[name] = err
+		return nil, err
+	}
+	delete(b.failed, name)
+	b.cfg.Registry.AddPort(p)
+	return p, nil
+}
+
+func (b *Backend) openLocked(name string) (*viservice.Port, error) {
+	if err := dataplane.EnsureBPFFS(dataplane.DefaultBPFFS); err != nil {
+		return nil, fmt.Errorf("bpffs: %w", err)
+	}
+	link, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	plane, err := dataplane.Open(context.Background(), dataplane.PortConfig{
+		Ifname:     name,
+		PinDir:     filepath.Join(b.cfg.BPFRoot, name),
+		VethPrefix: "efv" + strconv.Itoa(link.Index),
+		Logger:     b.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("port %s: data plane: %w", name, err)
+	}
+	vp, err := viservice.NewPort(name, link.HardwareAddr, link.MTU, plane)
+	if err == nil {
+		err = vp.Persist(filepath.Join(b.cfg.StateDir, name+".json"))
+	}
+	if err != nil {
+		plane.Close()
+		return nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	b.planes[name] = plane
+	return vp, nil
+}
+
+// Prepare serves a new allocation's broker socket (device plugin seam). It
+// is also called for allocations restored from the checkpoint at start-up.
+func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) (deviceplugin.Mount, error) {
+	portName, err := onePort(req.Devices)
+	if err != nil {
+		return deviceplugin.Mount{}, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
+	}
+	p, err := b.port(portName)
+	if err != nil {
+		return deviceplugin.Mount{}, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
+	}
+	m, err := b.dirs.Prepare(ctx, req)
+	if err != nil {
+		return m, err
+	}
+	// The directory is mounted only into the allocation's container; the
+	// socket inside it is the capability, and the peer is checked anyway.
+	if err := os.Chmod(m.HostPath, 0o711); err != nil {
+		return m, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.served[req.AllocationID]; ok {
+		return m, nil
+	}
+	alloc, err := viservice.NewAllocation(req.Pool, p, req.Devices, b.log.With("allocation", req.AllocationID))
+	if err != nil {
+		return m, err
+	}
+	if err := b.cfg.Registry.Add(req.AllocationID, alloc); err != nil {
+		return m, err
+	}
+	srv, err := broker.Listen(broker.Config{
+		Path: filepath.Join(m.HostPath, SocketName), Mode: 0o666,
+		Sessions: alloc, Authorizer: b.cfg.Authorizer, Logger: b.log,
+	})
+	if err != nil {
+		b.cfg.Registry.Remove(req.AllocationID)
+		return m, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &served{alloc: alloc, srv: srv, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := srv.Serve(sctx); err != nil && !errors.Is(err, context.Canceled) {
+			b.log.Error("broker stopped", "allocation", req.AllocationID, "err", err)
+		}
+	}()
+	b.served[req.AllocationID] = s
+	b.log.Info("allocation served", "allocation", req.AllocationID, "pool", req.Pool, "devices", req.Devices)
+	return m, nil
+}
+
+// onePort checks that every device of an allocation is on one port.
+func onePort(devices []string) (string, error) {
+	port := ""
+	for _, d := range devices {
+		p, _, ok := allocator.ParseDeviceID(d)
+		if !ok {
+			return "", fmt.Errorf("device %q is not a VI slot id (<port>-vi<N>)", d)
+		}
+		if port != "" && p != port {
+			return "", fmt.Errorf("devices %v span ports %s and %s: the software backend serves one port per container; request VIs from a single-port pool or one VI per container", devices, port, p)
+		}
+		port = p
+	}
+	if port == "" {
+		return "", errors.New("no devices")
+	}
+	return port, nil
+}
+
+// Release stops an allocation's socket and frees its VIs (device plugin
+// seam): the pod is gone.
+func (b *Backend) Release(ctx context.Context, pool, id string) error {
+	b.mu.Lock()
+	s := b.served[id]
+	delete(b.served, id)
+	b.mu.Unlock()
+	var errs []error
+	if s != nil {
+		s.cancel()
+		errs = append(errs, s.srv.Close())
+		<-s.done
+		errs = append(errs, s.alloc.Release())
+	}
+	b.cfg.Registry.Remove(id)
+	errs = append(errs, b.dirs.Release(ctx, pool, id))
+	return errors.Join(errs...)
+}
+
+// Close detaches from everything without freeing: the agent is exiting.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	for _, s := range b.served {
+		s.alloc.Detach()
+		s.cancel()
+		errs = append(errs, s.srv.Close())
+		<-s.done
+	}
+	for _, p := range b.planes {
+		errs = append(errs, p.Close())
+	}
+	b.served, b.planes = map[string]*served{}, map[string]*dataplane.Port{}
+	return errors.Join(errs...)
+}
+
+// KubepodsPeer authorizes broker peers that run in a Kubernetes pod's cgroup.
+// The socket is only mounted into the allocation's container, so this is
+// defence in depth: a host process that found the socket is refused. It
+// needs the agent to see pod pids (hostPID), or SO_PEERCRED reports pid 0.
+type KubepodsPeer struct{ ProcRoot string }
+
+// Authorize implements broker.Authorizer.
+func (k KubepodsPeer) Authorize(_ context.Context, p broker.Peer) error {
+	if p.PID <= 0 {
+		return broker.Errorf(syscall.EPERM, "peer pid unknown to the agent: run the agent with hostPID so it can check which pod connects")
+	}
+	b, err := os.ReadFile(filepath.Join(k.ProcRoot, strconv.Itoa(int(p.PID)), "cgroup"))
+	if err != nil {
+		return broker.Errorf(syscall.EPERM, "peer pid %d: read its cgroup: %v", p.PID, err)
+	}
+	if !strings.Contains(string(b), "kubepods") {
+		return broker.Errorf(syscall.EPERM, "peer pid %d is not in a Kubernetes pod (cgroup %q): only the allocation's container may use this socket", p.PID, strings.TrimSpace(string(b)))
+	}
+	return nil
+}

@@ -50,11 +50,6 @@ func MapMemory(memfd *os.File, nbufs, bufSize int) (*Memory, error) {
 	return &Memory{b: b, bufSize: bufSize, nbufs: nbufs, file: memfd, unmap: true}, nil
 }
 
-// memoryView wraps memory mapped elsewhere (not owned).
-func memoryView(b []byte, bufSize int) *Memory {
-	return &Memory{b: b, bufSize: bufSize, nbufs: len(b) / bufSize}
-}
-
 // NumBufs is the number of packet buffers.
 func (m *Memory) NumBufs() int { return m.nbufs }
 

@@ -705,7 +705,7 @@ func (v *VI) Prime() error {
 // are ready, ErrTimeout on timeout, ErrReset/ErrClosed for a dead VI (a
 // pending RESET event counts as ready).
 func (v *VI) Wait(timeout time.Duration) error {
-	return v.wait(nil, timeout)
+	return v.wait(context.Background(), timeout)
 }
 
 // WaitContext is Wait bounded by ctx (its error when ctx ends first).
@@ -739,7 +739,7 @@ func (v *VI) wait(ctx context.Context, timeout time.Duration) error {
 		if v.state != stateOK {
 			return v.stateErr()
 		}
-		if ctx != nil && ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		slice := liveProbe

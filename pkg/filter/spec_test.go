@@ -9,14 +9,13 @@ import (
 )
 
 var (
-	ip4a  = netip.MustParseAddr("10.0.0.1")
-	ip4b  = netip.MustParseAddr("10.0.0.2")
-	mc4   = netip.MustParseAddr("239.1.2.3")
-	ip6a  = netip.MustParseAddr("fd00::1")
-	ip6b  = netip.MustParseAddr("fd00::2")
-	mc6   = netip.MustParseAddr("ff15::1")
-	macU  = [6]byte{0x02, 0, 0, 0, 0, 1}
-	macMC = [6]byte{0x01, 0x00, 0x5e, 0, 0, 1}
+	ip4a = netip.MustParseAddr("10.0.0.1")
+	ip4b = netip.MustParseAddr("10.0.0.2")
+	mc4  = netip.MustParseAddr("239.1.2.3")
+	ip6a = netip.MustParseAddr("fd00::1")
+	ip6b = netip.MustParseAddr("fd00::2")
+	mc6  = netip.MustParseAddr("ff15::1")
+	macU = [6]byte{0x02, 0, 0, 0, 0, 1}
 )
 
 type step func(*Spec) error

@@ -5,7 +5,7 @@ BIN := bin
 GOBIN_TOOLS := $(CURDIR)/$(BIN)/tools
 STATICCHECK_VERSION ?= v0.8.2
 LDFLAGS := -s -w
-CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni
+CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni eflatency=./cmd/eflatency
 
 .PHONY: help build test test-unit lint bench fuzz clean
 

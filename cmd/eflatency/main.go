@@ -1,0 +1,315 @@
+// Command eflatency measures UDP round-trip latency the way ef_vi's
+// eflatency does: one side pongs, the other pings and prints mean, min, 50,
+// 95, 99 and max RTT. The pong side and the VI ping side run on a kube-efvi
+// VI through pkg/efvi (in a pod: through $EFVI_SOCKET); `ping --kernel` uses
+// a kernel UDP socket, to run on a node or in a namespace without a VI.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/kube-efvi/kube-efvi/internal/bench"
+	"github.com/kube-efvi/kube-efvi/pkg/efvi"
+	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
+	"github.com/kube-efvi/kube-efvi/pkg/filter"
+)
+
+const usage = `eflatency: UDP ping-pong latency over a kube-efvi VI (ef_vi's eflatency).
+
+Usage:
+  eflatency pong [-port 8080]
+      Receive on a VI (filter udp:<pod IP>:<port>) and echo every datagram back
+      through the VI. Runs until interrupted.
+  eflatency ping -dst IP:PORT -dst-mac MAC [-n 100000] [-w 10000] [-s 32]
+  eflatency ping -dst IP:PORT -kernel [-bind IP:PORT] [-n ...]
+      Send -n pings (after -w warm-ups) of -s payload bytes and print RTT
+      mean/min/50/95/99/max in microseconds. Over a VI it needs the next
+      hop's MAC (ARP is the application's job in ef_vi); -kernel uses a
+      busy-polling kernel UDP socket instead, e.g. from a fabric namespace.
+
+In a pod, the VI comes from the allocation's socket ($EFVI_SOCKET).
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Print(usage)
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "pong":
+		err = pong(ctx, os.Args[2:])
+	case "ping":
+		err = ping(ctx, os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown mode %q: want ping or pong (see --help)", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "eflatency:", err)
+		os.Exit(1)
+	}
+}
+
+// openVI opens a VI through the agent with nbufs packet buffers.
+func openVI(ctx context.Context, nbufs int) (*efvi.Driver, *efvi.VI, *efvi.RegisteredMemory, error) {
+	d, err := efvi.DialAgent(ctx, "")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pd, err := d.AllocPD(ctx, efvi.PDRequest{VLAN: -1})
+	if err == nil {
+		var mem *efvi.RegisteredMemory
+		if mem, err = pd.RegisterMemory(ctx, nbufs); err == nil {
+			var vi *efvi.VI
+			if vi, err = pd.AllocVI(ctx, mem, efvi.VIRequest{EvqCap: -1, RxqCap: -1, TxqCap: -1}, efvi.Options{}); err == nil {
+				return d, vi, mem, nil
+			}
+		}
+	}
+	d.Close()
+	return nil, nil, nil, err
+}
+
+func pong(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("pong", flag.ContinueOnError)
+	port := fs.Uint("port", 8080, "UDP port to answer on (on the pod's own IP)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	d, vi, mem, err := openVI(ctx, 4096)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	info := d.Info()
+	if len(info.Addrs) == 0 {
+		return errors.New("the agent knows no IP for this pod yet (is efvi-cni chained in the node's CNI config?)")
+	}
+	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", *port), info.Addrs[0])
+	if err != nil {
+		return err
+	}
+	if _, err := vi.FilterAdd(ctx, spec); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("filter %s: %w", spec, err)
+	}
+	fmt.Printf("eflatency pong: %s on VI %d (port %s), ready\n", spec, vi.Instance(), info.Interface)
+	return echoLoop(ctx, vi, mem)
+}
+
+// echoLoop answers every UDP frame by swapping its addresses in place and
+// transmitting the same buffer; the buffer is re-posted when its TX
+// completes. RX buffers are the first half of the region.
+func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	n := mem.NumBufs()
+	for i := 0; i < n && i < vi.ReceiveCapacity(); i++ {
+		if err := vi.ReceiveInit(mem.Addr(i), efvi.RqID(i)); err != nil {
+			break
+		}
+	}
+	vi.ReceivePush()
+	evs := make([]efvi.Event, 64)
+	ids := make([]efvi.RqID, efvi.TransmitBatch)
+	var p frame.Packet
+	for polls := 0; ; polls++ {
+		k := vi.EventQPoll(evs)
+		if k == 0 {
+			if polls&0xfffff == 0 && ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		for i := range evs[:k] {
+			ev := &evs[i]
+			switch ev.Type {
+			case efvi.EventRX:
+				b := vi.RxFrame(ev)
+				if frame.Parse(b, &p) != nil || p.Proto != 17 {
+					_ = vi.ReceivePost(mem.Addr(int(ev.RqID)), ev.RqID)
+					continue
+				}
+				swapUDP(b, &p)
+				off := efvi.Addr(ev.Addr)
+				if err := vi.TransmitInit(off, len(b), ev.RqID); err != nil {
+					_ = vi.ReceivePost(mem.Addr(int(ev.RqID)), ev.RqID)
+				}
+			case efvi.EventRXDiscard:
+				_ = vi.ReceivePost(mem.Addr(int(ev.RqID)), ev.RqID)
+			case efvi.EventTX, efvi.EventTXError:
+				for _, id := range ids[:vi.TransmitUnbundle(ev, ids)] {
+					_ = vi.ReceiveInit(mem.Addr(int(id)), id)
+				}
+				vi.ReceivePush()
+			case efvi.EventReset:
+				return errors.New("VI reset: the node's data path went away")
+			}
+		}
+		vi.TransmitPush()
+	}
+}
+
+// swapUDP turns a received UDP frame into its reply in place: MACs, IPs and
+// ports swap; checksums stay valid because the swaps keep every sum.
+func swapUDP(b []byte, p *frame.Packet) {
+	for i := 0; i < 6; i++ {
+		b[i], b[6+i] = b[6+i], b[i]
+	}
+	l3 := p.L3Off
+	if p.IPVersion == 4 {
+		for i := 0; i < 4; i++ {
+			b[l3+12+i], b[l3+16+i] = b[l3+16+i], b[l3+12+i]
+		}
+	} else {
+		for i := 0; i < 16; i++ {
+			b[l3+8+i], b[l3+24+i] = b[l3+24+i], b[l3+8+i]
+		}
+	}
+	l4 := p.L4Off
+	b[l4], b[l4+2] = b[l4+2], b[l4]
+	b[l4+1], b[l4+3] = b[l4+3], b[l4+1]
+}
+
+func ping(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("ping", flag.ContinueOnError)
+	dst := fs.String("dst", "", "pong address IP:PORT (required)")
+	n := fs.Int("n", 100000, "measured round trips")
+	w := fs.Int("w", 10000, "warm-up round trips")
+	size := fs.Int("s", 32, "UDP payload bytes")
+	kernel := fs.Bool("kernel", false, "use a kernel UDP socket instead of a VI")
+	bind := fs.String("bind", "", "local IP:PORT for -kernel (default: any)")
+	dstMAC := fs.String("dst-mac", "", "next hop's MAC towards -dst (VI pinger)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	to, err := netip.ParseAddrPort(*dst)
+	if err != nil {
+		return fmt.Errorf("-dst %q: want IP:PORT: %w", *dst, err)
+	}
+	if *n < 1 || *w < 0 || *size < 1 || *size > 1472 {
+		return fmt.Errorf("-n %d -w %d -s %d: want n >= 1, w >= 0, 1 <= s <= 1472", *n, *w, *size)
+	}
+	var p bench.Pinger
+	how := "kernel UDP pinger"
+	if *kernel {
+		local := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+		if *bind != "" {
+			if local, err = netip.ParseAddrPort(*bind); err != nil {
+				return fmt.Errorf("-bind %q: %w", *bind, err)
+			}
+		}
+		if p, err = bench.NewUDPPinger(local, to, 2*time.Second); err != nil {
+			return err
+		}
+	} else {
+		mac, err := net.ParseMAC(*dstMAC)
+		if err != nil || len(mac) != 6 {
+			return fmt.Errorf("-dst-mac %q: a VI pinger needs the next hop's MAC (ARP is the app's job in ef_vi): %v", *dstMAC, err)
+		}
+		if p, err = newVIPinger(ctx, to, frame.MAC(mac)); err != nil {
+			return err
+		}
+		how = "VI pinger"
+	}
+	defer p.Close()
+	lat, err := bench.MeasureRTT(p, *size, *w, *n)
+	if err != nil {
+		return err
+	}
+	us := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e3) }
+	fmt.Printf("# eflatency ping %s, %d B payload, %d round trips (after %d warm-ups), %s\n", to, *size, lat.N, *w, how)
+	fmt.Println("mean_us\tmin_us\tp50_us\tp95_us\tp99_us\tmax_us")
+	fmt.Printf("%s\t%s\t%s\t%s\t%s\t%s\n", us(lat.Mean), us(lat.Min), us(lat.P50), us(lat.P95), us(lat.P99), us(lat.Max))
+	return nil
+}
+
+// viPinger pings over a VI: one TX buffer, replies stolen by a filter on
+// the pod's own IP and an ephemeral port.
+type viPinger struct {
+	d    *efvi.Driver
+	vi   *efvi.VI
+	mem  *efvi.RegisteredMemory
+	flow frame.UDPFlow
+	evs  []efvi.Event
+	ids  []efvi.RqID
+	txID efvi.RqID
+}
+
+func newVIPinger(ctx context.Context, to netip.AddrPort, dstMAC frame.MAC) (*viPinger, error) {
+	d, vi, mem, err := openVI(ctx, 1024)
+	if err != nil {
+		return nil, err
+	}
+	info := d.Info()
+	if len(info.Addrs) == 0 {
+		d.Close()
+		return nil, errors.New("the agent knows no IP for this pod yet")
+	}
+	src := netip.AddrPortFrom(info.Addrs[0], 40000+uint16(os.Getpid()%20000))
+	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", src.Port()), src.Addr())
+	if err == nil {
+		_, err = vi.FilterAdd(ctx, spec)
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("reply filter: %w", err)
+	}
+	rx := mem.NumBufs() - 1
+	for i := 0; i < rx && i < vi.ReceiveCapacity(); i++ {
+		_ = vi.ReceiveInit(mem.Addr(i), efvi.RqID(i))
+	}
+	vi.ReceivePush()
+	return &viPinger{d: d, vi: vi, mem: mem, evs: make([]efvi.Event, 64), ids: make([]efvi.RqID, efvi.TransmitBatch),
+		txID: efvi.RqID(rx), flow: frame.UDPFlow{SrcMAC: info.MAC, DstMAC: dstMAC, Src: src, Dst: to}}, nil
+}
+
+// Ping implements bench.Pinger.
+func (p *viPinger) Ping(payload []byte) (time.Duration, error) {
+	buf := p.mem.Buf(int(p.txID))
+	t0 := time.Now()
+	n, err := p.flow.Build(buf, payload)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.vi.Transmit(p.mem.Addr(int(p.txID)), n, p.txID); err != nil {
+		return 0, err
+	}
+	for polls := 0; ; polls++ {
+		k := p.vi.EventQPoll(p.evs)
+		for i := range p.evs[:k] {
+			ev := &p.evs[i]
+			switch ev.Type {
+			case efvi.EventRX, efvi.EventRXDiscard:
+				_ = p.vi.ReceivePost(p.mem.Addr(int(ev.RqID)), ev.RqID)
+				if ev.Type == efvi.EventRX {
+					return time.Since(t0), nil
+				}
+			case efvi.EventTX:
+				p.vi.TransmitUnbundle(ev, p.ids)
+			case efvi.EventReset:
+				return 0, errors.New("VI reset")
+			}
+		}
+		if polls&0x3ff == 0 && time.Since(t0) > 2*time.Second {
+			return 0, errors.New("no reply within 2s")
+		}
+	}
+}
+
+// Close implements bench.Pinger.
+func (p *viPinger) Close() error { return p.d.Close() }

@@ -165,7 +165,9 @@ func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) erro
 }
 
 // swapUDP turns a received UDP frame into its reply in place: MACs, IPs and
-// ports swap; checksums stay valid because the swaps keep every sum.
+// ports swap. The swaps keep every sum, but frames a local kernel sent over a
+// veth can arrive with a partial (offload) UDP checksum, so it is computed
+// afresh.
 func swapUDP(b []byte, p *frame.Packet) {
 	for i := 0; i < 6; i++ {
 		b[i], b[6+i] = b[6+i], b[i]
@@ -183,6 +185,11 @@ func swapUDP(b []byte, p *frame.Packet) {
 	l4 := p.L4Off
 	b[l4], b[l4+2] = b[l4+2], b[l4]
 	b[l4+1], b[l4+3] = b[l4+3], b[l4+1]
+	if p.IPVersion == 4 {
+		frame.SetUDPChecksum4(b[l3:l4], b[l4:p.End])
+	} else {
+		frame.SetUDPChecksum6(b[l3:l4], b[l4:p.End])
+	}
 }
 
 func ping(ctx context.Context, args []string) error {

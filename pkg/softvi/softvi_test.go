@@ -108,8 +108,8 @@ func TestBackendServesAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vi.File.Close()
-	if vi.ID != 2 {
-		t.Fatalf("VI id %d, want slot 2", vi.ID)
+	if vi.ID != 3 {
+		t.Fatalf("VI id %d, want 3 (slot 2 + 1)", vi.ID)
 	}
 	if _, a, ok := b.Registry().ByDevice(topo.Port.Name + "-vi2"); !ok || a == nil {
 		t.Fatal("allocation not in the registry")

@@ -30,8 +30,9 @@
 // persisted per port, so a restarted agent still knows what a later DEL must
 // remove.
 //
-// A VI's id on the wire is its slot number on the port (the N of the device id
-// "<port>-vi<N>"), so ids are stable and unique per port.
+// A VI's id on the wire is its slot number on the port plus one (slot N is
+// the device id "<port>-vi<N>"; wire ids are never 0), so ids are stable and
+// unique per port.
 package viservice
 
 import (

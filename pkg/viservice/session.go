@@ -165,7 +165,7 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*bro
 		sock.Close()
 		return fail(fmt.Errorf("alloc VI slot %d: attach socket: %w", slot, err))
 	}
-	v := &vi{id: broker.VIID(slot), slot: slot, mem: m, sock: sock, dpVI: dv, cookie: map[broker.FilterCookie]filter.Spec{}}
+	v := &vi{id: broker.VIID(slot + 1), slot: slot, mem: m, sock: sock, dpVI: dv, cookie: map[broker.FilterCookie]filter.Spec{}}
 	s.vis[v.id] = v
 	m.refs++
 	g := sock.Geometry

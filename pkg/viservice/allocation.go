@@ -7,10 +7,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/kube-efvi/kube-efvi/pkg/allocator"
 	"github.com/kube-efvi/kube-efvi/pkg/broker"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
@@ -76,15 +75,12 @@ func NewAllocation(pool string, port *Port, devices []string, logger *slog.Logge
 	return a, nil
 }
 
-// SlotOf parses the VI slot number out of a device id "<port>-vi<N>".
+// SlotOf parses the VI slot number out of a device id "<port>-vi<N>" and
+// checks it is on port.
 func SlotOf(port, device string) (uint32, error) {
-	rest, ok := strings.CutPrefix(device, port+"-vi")
-	if !ok {
+	p, n, ok := allocator.ParseDeviceID(device)
+	if !ok || p != port {
 		return 0, fmt.Errorf("device %q is not a VI slot of port %s (want %s-vi<N>)", device, port, port)
-	}
-	n, err := strconv.ParseUint(rest, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("device %q: slot number %q: %w", device, rest, err)
 	}
 	return uint32(n), nil
 }

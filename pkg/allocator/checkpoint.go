@@ -9,8 +9,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
+
+	"github.com/kube-efvi/kube-efvi/internal/atomicfile"
 )
 
 // checkpointVersion is bumped on incompatible format changes.
@@ -62,7 +63,13 @@ func writeEncoded(path string, encoded [][]byte) error {
 	data = append(data, `","allocations":`...)
 	data = append(data, body...)
 	data = append(data, "}\n"...)
-	return WriteFileAtomic(path, data, 0o600)
+	// No fsync (decision): the checkpoint protects allocations across agent
+	// restarts, which the rename makes atomic (the page cache outlives the
+	// process). It need not survive power loss: after a reboot the kubelet
+	// re-admits every pod and Reconcile adopts what PodResources reports,
+	// and a torn file fails its checksum and is set aside. The two fsyncs
+	// were 80 % of Allocate's latency (p99 3–7 ms on a virtual disk).
+	return atomicfile.Write(path, data, 0o600, false)
 }
 
 func readCheckpoint(path string) ([]Allocation, error) {
@@ -100,45 +107,8 @@ func readCheckpoint(path string) ([]Allocation, error) {
 	return allocs, nil
 }
 
-// WriteFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content: write a temporary file in the same directory,
-// fsync it, rename it over path, fsync the directory.
+// WriteFileAtomic replaces path with data durably (fsync of the file and
+// its directory): a crash or power loss leaves the old or the new content.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, data, perm, true)
 }

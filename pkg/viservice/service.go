@@ -46,7 +46,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/kube-efvi/kube-efvi/pkg/allocator"
+	"github.com/kube-efvi/kube-efvi/internal/atomicfile"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
@@ -139,7 +139,7 @@ func (p *Port) persistLocked() error {
 	if err != nil {
 		return err
 	}
-	return allocator.WriteFileAtomic(p.statePath, b, 0o600)
+	return atomicfile.Write(p.statePath, b, 0o600, true)
 }
 
 // addFilterLocked applies policy, the table and the data plane, in that

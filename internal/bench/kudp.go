@@ -46,9 +46,14 @@ func sockaddr(a netip.AddrPort) *unix.SockaddrInet4 {
 // selects a busy-polling reader (MSG_DONTWAIT in a loop, the lowest-latency
 // kernel socket setup) over a blocking one. It owns fd and closes it.
 func UDPEcho(ctx context.Context, fd int, spin bool) error {
+	defer unix.Close(fd)
+	return udpEcho(ctx, fd, spin)
+}
+
+// udpEcho is UDPEcho without taking ownership of fd.
+func udpEcho(ctx context.Context, fd int, spin bool) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	defer unix.Close(fd)
 	buf := make([]byte, 2048)
 	flags := 0
 	if spin {

@@ -16,10 +16,13 @@ import (
 
 // Latency summarises round-trip samples.
 type Latency struct {
-	N             int
-	Min, P50, P99 time.Duration
-	P95, Max      time.Duration
-	Mean          time.Duration
+	N    int           `json:"n"`
+	Min  time.Duration `json:"min_ns"`
+	P50  time.Duration `json:"p50_ns"`
+	P95  time.Duration `json:"p95_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	Max  time.Duration `json:"max_ns"`
+	Mean time.Duration `json:"mean_ns"`
 }
 
 // Summarize sorts samples in place and returns their summary.
@@ -45,21 +48,53 @@ func Summarize(samples []time.Duration) Latency {
 
 // Result is one contender's figures. Zero fields were not measured.
 type Result struct {
-	Name string
-	RTT  Latency
-	PPS  float64 // received 64-byte packets per second under flood
-	Drop float64 // fraction of the flood the receiver did not get
+	Name string  `json:"name"`
+	RTT  Latency `json:"rtt"`
+	PPS  float64 `json:"rx_pps_64"` // received 64-byte packets per second under flood
+	Drop float64 `json:"drop_64"`   // fraction of the flood the receiver did not get
+	// Flood has the figures of every flood size (64 B is also in PPS/Drop).
+	Flood []Flood `json:"flood,omitempty"`
+}
+
+// Flood is one flood window at one UDP payload size.
+type Flood struct {
+	Payload  int           `json:"payload_bytes"`
+	Sent     uint64        `json:"sent"`
+	Received uint64        `json:"received"`
+	Window   time.Duration `json:"window_ns"`
+	PPS      float64       `json:"rx_pps"`
+	SentPPS  float64       `json:"sent_pps"`
+	Drop     float64       `json:"drop"`
+}
+
+// FloodAt returns the flood figures at payload bytes, if measured.
+func (r Result) FloodAt(payload int) (Flood, bool) {
+	for _, f := range r.Flood {
+		if f.Payload == payload {
+			return f, true
+		}
+	}
+	return Flood{}, false
 }
 
 // Table renders results as Markdown. Ratios are against the named baseline
 // rows (e.g. "raw AF_XDP"); a missing baseline leaves its ratio column out.
+// RX rates show the drop fraction when a flood was measured; a 1472 B column
+// appears when any result has one.
 func Table(results []Result, baselines ...string) string {
 	var b strings.Builder
 	byName := map[string]Result{}
+	big := false
 	for _, r := range results {
 		byName[r.Name] = r
+		if _, ok := r.FloodAt(1472); ok {
+			big = true
+		}
 	}
 	hdr := []string{"path", "RTT p50", "RTT p99", "RX Mpps (64 B)"}
+	if big {
+		hdr = append(hdr, "RX Mpps (1472 B)")
+	}
 	var bases []Result
 	for _, n := range baselines {
 		if r, ok := byName[n]; ok {
@@ -72,7 +107,15 @@ func Table(results []Result, baselines ...string) string {
 	}
 	fmt.Fprintf(&b, "| %s |\n|%s\n", strings.Join(hdr, " | "), strings.Repeat("---|", len(hdr)))
 	for _, r := range results {
-		row := []string{r.Name, us(r.RTT.P50), us(r.RTT.P99), mpps(r.PPS)}
+		f64, ok := r.FloodAt(64)
+		if !ok {
+			f64 = Flood{PPS: r.PPS, Drop: r.Drop}
+		}
+		row := []string{r.Name, us(r.RTT.P50), us(r.RTT.P99), rate(f64, ok)}
+		if big {
+			f, ok := r.FloodAt(1472)
+			row = append(row, rate(f, ok))
+		}
 		for _, base := range bases {
 			row = append(row, ratio(float64(r.RTT.P50), float64(base.RTT.P50)))
 		}
@@ -82,6 +125,14 @@ func Table(results []Result, baselines ...string) string {
 		fmt.Fprintf(&b, "| %s |\n", strings.Join(row, " | "))
 	}
 	return b.String()
+}
+
+// rate is "Mpps" or, for a measured flood, "Mpps (drop %)".
+func rate(f Flood, measured bool) string {
+	if !measured || f.PPS == 0 {
+		return mpps(f.PPS)
+	}
+	return fmt.Sprintf("%s (%.1f %% drop)", mpps(f.PPS), 100*f.Drop)
 }
 
 func us(d time.Duration) string {

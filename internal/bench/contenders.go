@@ -1,0 +1,331 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/kube-efvi/kube-efvi/pkg/xsk"
+	"github.com/kube-efvi/kube-efvi/pkg/xsk/xsktest"
+)
+
+// Contender names, as they appear in the table.
+const (
+	NameVI           = "kube-efvi VI"
+	NameRawXDP       = "raw AF_XDP"
+	NameKernelSpin   = "kernel UDP spin"
+	NameKernelBlock  = "kernel UDP blocking"
+	emptyPollsPerCtx = 0xfff // empty polls between context checks
+)
+
+// Contender is one node-side receiver on the port. Echo and Sink run on a
+// goroutine the caller has locked to its thread; each returns when ctx ends.
+type Contender interface {
+	Name() string
+	// Echo answers every UDP datagram to its sender.
+	Echo(ctx context.Context) error
+	// Sink counts received datagrams into n without answering.
+	Sink(ctx context.Context, n *atomic.Uint64) error
+	Close() error
+}
+
+// swapUDP turns a received untagged IPv4/UDP frame into its reply in place:
+// MACs, IP addresses and ports swap. Swapping 16-bit words keeps every
+// one's-complement checksum valid, so none is recomputed (the load generator
+// sends complete checksums). It reports false for anything else.
+func swapUDP(b []byte) bool {
+	if len(b) < 42 || b[12] != 0x08 || b[13] != 0x00 || b[14]>>4 != 4 || b[23] != 17 {
+		return false
+	}
+	l4 := 14 + int(b[14]&0xf)*4
+	if len(b) < l4+8 {
+		return false
+	}
+	for i := 0; i < 6; i++ {
+		b[i], b[6+i] = b[6+i], b[i]
+	}
+	for i := 26; i < 30; i++ {
+		b[i], b[i+4] = b[i+4], b[i]
+	}
+	b[l4], b[l4+1], b[l4+2], b[l4+3] = b[l4+2], b[l4+3], b[l4], b[l4+1]
+	return true
+}
+
+// kernelUDP is a kernel UDP socket on the port's IP, bound for the
+// contender's lifetime (so no datagram meets a closed port between runs).
+type kernelUDP struct {
+	fd   int
+	spin bool
+}
+
+// NewKernelUDP is the kernel UDP contender on addr: spin selects a
+// busy-polling reader (MSG_DONTWAIT), otherwise a blocking one.
+func NewKernelUDP(addr netip.AddrPort, spin bool) (Contender, error) {
+	fd, err := UDPSocket(addr, !spin)
+	if err != nil {
+		return nil, err
+	}
+	return &kernelUDP{fd: fd, spin: spin}, nil
+}
+
+func (k *kernelUDP) Name() string {
+	if k.spin {
+		return NameKernelSpin
+	}
+	return NameKernelBlock
+}
+
+func (k *kernelUDP) Echo(ctx context.Context) error { return udpEcho(ctx, k.fd, k.spin) }
+
+// Sink reads with recvmmsg, 64 datagrams per call: MSG_DONTWAIT in a spin
+// loop, or MSG_WAITFORONE (block for the first, take what else is queued).
+func (k *kernelUDP) Sink(ctx context.Context, n *atomic.Uint64) error {
+	fd := k.fd
+	const batch = 64
+	bufs := make([]byte, batch*2048)
+	iov := make([]unix.Iovec, batch)
+	msgs := make([]unix.Mmsghdr, batch)
+	for i := range msgs {
+		iov[i].Base = &bufs[i*2048]
+		iov[i].SetLen(2048)
+		msgs[i].Hdr.Iov = &iov[i]
+		msgs[i].Hdr.SetIovlen(1)
+	}
+	flags := uintptr(unix.MSG_DONTWAIT)
+	if !k.spin {
+		flags = unix.MSG_WAITFORONE
+	}
+	for polls := 0; ; polls++ {
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, flags, 0, 0)
+		switch e {
+		case 0:
+			n.Add(uint64(r))
+			continue
+		case unix.EAGAIN, unix.EINTR:
+			if (!k.spin || polls&emptyPollsPerCtx == 0) && ctx.Err() != nil {
+				return nil
+			}
+		default:
+			return fmt.Errorf("recvmmsg: %w", e)
+		}
+	}
+}
+
+func (k *kernelUDP) Close() error { return unix.Close(k.fd) }
+
+// rawXSK is a plain AF_XDP socket on the port's queue 0, fed by an XDP
+// program on the port that redirects every IPv4 frame to it: what a team
+// would write by hand without kube-efvi. Its rings match a VI's defaults.
+type rawXSK struct {
+	mem   *os.File
+	sock  *xsk.Socket
+	rings *xsk.Rings
+	xsks  *ebpf.Map
+	prog  *ebpf.Program
+	link  link.Link
+}
+
+const (
+	rawFrames = 8192
+	rawRx     = 4096
+	rawTx     = 1024
+)
+
+// NewRawXSK attaches the redirect program to the port and binds a socket to
+// its queue 0. Nothing else may own the port's XDP hook meanwhile.
+func NewRawXSK(topo *Topology) (c Contender, err error) {
+	r := &rawXSK{}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	u := xsk.UMEMConfig{NumFrames: rawFrames}
+	if r.mem, err = xsk.NewMemfd("efvi-bench-raw", u.Size()); err != nil {
+		return nil, fmt.Errorf("raw XSK memory: %w", err)
+	}
+	if r.xsks, err = ebpf.NewMap(&ebpf.MapSpec{Name: "efvb_raw", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
+		return nil, fmt.Errorf("raw xskmap: %w", err)
+	}
+	if r.prog, err = xsktest.RedirectProgram(r.xsks); err != nil {
+		return nil, fmt.Errorf("raw XDP program: %w", err)
+	}
+	if r.sock, err = xsk.Create(xsk.Config{Ifindex: topo.Port.Index, UMEM: u, Mem: r.mem,
+		RxSize: rawRx, FillSize: rawRx, TxSize: rawTx, CompSize: rawTx}); err != nil {
+		return nil, fmt.Errorf("raw XSK on %s queue 0: %w", topo.Port.Name, err)
+	}
+	if r.rings, err = xsk.Map(int(r.sock.FD.Fd()), int(r.mem.Fd()), r.sock.Geometry); err != nil {
+		return nil, fmt.Errorf("map raw XSK: %w", err)
+	}
+	if err = r.xsks.Put(uint32(0), uint32(r.sock.FD.Fd())); err != nil {
+		return nil, fmt.Errorf("raw xskmap[0]: %w", err)
+	}
+	if err = r.fillAll(); err != nil {
+		return nil, err
+	}
+	if r.link, err = link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: topo.Port.Index}); err != nil {
+		return nil, fmt.Errorf("attach XDP redirect to %s (is the data plane still there?): %w", topo.Port.Name, err)
+	}
+	return r, nil
+}
+
+func (r *rawXSK) Name() string { return NameRawXDP }
+
+func (r *rawXSK) Close() error {
+	var errs []error
+	if r.link != nil {
+		errs = append(errs, r.link.Close())
+	}
+	if r.rings != nil {
+		errs = append(errs, r.rings.Close())
+	}
+	if r.sock != nil {
+		errs = append(errs, r.sock.Close())
+	}
+	if r.prog != nil {
+		errs = append(errs, r.prog.Close())
+	}
+	if r.xsks != nil {
+		errs = append(errs, r.xsks.Close())
+	}
+	if r.mem != nil {
+		errs = append(errs, r.mem.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// fillAll posts rawRx chunks (0..rawRx-1) once. These chunks then circulate
+// (fill → RX → [TX → completion] → fill), so the fill ring can always take
+// back every one of them.
+func (r *rawXSK) fillAll() error {
+	idx, ok := r.rings.Fill.Reserve(rawRx)
+	if !ok {
+		return errors.New("raw XSK fill ring: cannot reserve every RX chunk")
+	}
+	for i := uint32(0); i < rawRx; i++ {
+		r.rings.Fill.Set(idx+i, uint64(i)*chunk)
+	}
+	r.rings.Fill.Submit()
+	return nil
+}
+
+// Echo: RX descriptors are swapped in place and put on the TX ring as they
+// are (zero copy), one kick per batch; completions go back to the fill ring.
+func (r *rawXSK) Echo(ctx context.Context) error {
+	rg := r.rings
+	defer r.drain()
+	for polls := 0; ; polls++ {
+		busy := false
+		if idx, n := rg.Rx.Peek(64); n > 0 {
+			busy = true
+			tidx, ok := rg.Tx.Reserve(n)
+			var sent uint32
+			for i := uint32(0); i < n; i++ {
+				d := rg.Rx.Get(idx + i)
+				if ok && swapUDP(rg.UMEM[d.Addr:d.Addr+uint64(d.Len)]) {
+					rg.Tx.Set(tidx+sent, d.Addr, d.Len, 0)
+					sent++
+					continue
+				}
+				if fi, fok := rg.Fill.Reserve(1); fok {
+					rg.Fill.Set(fi, d.Addr&^(chunk-1))
+				}
+			}
+			rg.Rx.Release(n)
+			rg.Fill.Submit()
+			if ok {
+				rg.Tx.Cancel(n - sent)
+				rg.Tx.Submit()
+				if err := kickTx(rg.FD); err != nil {
+					return fmt.Errorf("raw XSK echo: %w", err)
+				}
+			}
+		}
+		if idx, n := rg.Comp.Peek(rawTx); n > 0 {
+			busy = true
+			r.recycleComp(idx, n)
+		}
+		if !busy && polls&emptyPollsPerCtx == 0 && ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// recycleRx gives n peeked RX descriptors' chunks back to the fill ring.
+func (r *rawXSK) recycleRx(idx, n uint32) {
+	rg := r.rings
+	if fi, ok := rg.Fill.Reserve(n); ok {
+		for i := uint32(0); i < n; i++ {
+			rg.Fill.Set(fi+i, rg.Rx.Get(idx+i).Addr&^(chunk-1))
+		}
+		rg.Fill.Submit()
+	}
+	rg.Rx.Release(n)
+}
+
+// recycleComp gives n peeked completions' chunks back to the fill ring.
+func (r *rawXSK) recycleComp(idx, n uint32) {
+	rg := r.rings
+	if fi, ok := rg.Fill.Reserve(n); ok {
+		for i := uint32(0); i < n; i++ {
+			rg.Fill.Set(fi+i, rg.Comp.Get(idx+i)&^(chunk-1))
+		}
+		rg.Fill.Submit()
+	}
+	rg.Comp.Release(n)
+}
+
+// Sink counts RX descriptors and gives their chunks straight back.
+func (r *rawXSK) Sink(ctx context.Context, cnt *atomic.Uint64) error {
+	defer r.drain()
+	for polls := 0; ; polls++ {
+		idx, n := r.rings.Rx.Peek(256)
+		if n == 0 {
+			if polls&emptyPollsPerCtx == 0 && ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		r.recycleRx(idx, n)
+		cnt.Add(uint64(n))
+	}
+}
+
+// drain recycles what arrived after the loop stopped, so every chunk is back
+// on the fill ring for the next run.
+func (r *rawXSK) drain() {
+	for {
+		idx, n := r.rings.Rx.Peek(rawRx)
+		c, m := r.rings.Comp.Peek(rawTx)
+		if n == 0 && m == 0 {
+			return
+		}
+		r.recycleRx(idx, n)
+		r.recycleComp(c, m)
+	}
+}
+
+// pinThread locks the calling goroutine to its thread and, when cpu >= 0,
+// that thread to cpu. The caller never unlocks: the thread exits with its
+// goroutine, so the affinity does not leak into the Go scheduler's pool.
+func pinThread(cpu int) error {
+	runtime.LockOSThread()
+	if cpu < 0 {
+		return nil
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin thread to CPU %d: %w", cpu, err)
+	}
+	return nil
+}

@@ -33,7 +33,11 @@ lint: ## gofmt check, go vet, staticcheck
 	$(GOBIN_TOOLS)/staticcheck ./...
 
 bench: ## benchmarks (root for the data-path ones)
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/internal/bench$$')
+	$(GO) test -run '^$$' -bench VIPollLoop -benchmem -count=1 ./internal/bench
+	@mkdir -p out/bench
+	BENCH_OUT=$(CURDIR)/out/bench $(GO) test -run '^$$' -bench Compare -benchtime 1x -count=1 -timeout 20m ./internal/bench
+	@cat out/bench/bench.md
 
 clean:
 	rm -rf $(BIN)

@@ -1,11 +1,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -26,6 +29,9 @@ type Options struct {
 	// ResponderCPU and GeneratorCPU pin the two sides' threads; -1 leaves a
 	// side unpinned.
 	ResponderCPU, GeneratorCPU int
+	// Rounds interleave the contenders this many times (RTT pings are
+	// split between rounds; each round floods for Window per size).
+	Rounds int
 	// Contenders to run, by name; nil = all four, in Order.
 	Contenders []string
 	Log        func(format string, args ...any) `json:"-"`
@@ -34,11 +40,12 @@ type Options struct {
 // Order is the order contenders run in (and appear in the table).
 func Order() []string { return []string{NameVI, NameRawXDP, NameKernelSpin, NameKernelBlock} }
 
-// DefaultOptions is what `make bench` runs: ~20k measured pings and a 1 s
-// flood per size, responder on CPU 0 and generator on CPU 1 when there are
+// DefaultOptions is what `make bench` runs: 3 interleaved rounds, 21k
+// measured pings in all (7k per round after 1k warm-ups) and a 1 s flood per
+// size per round, responder on CPU 0 and generator on CPU 1 when there are
 // two CPUs.
 func DefaultOptions() Options {
-	o := Options{Warm: 2000, Pings: 20000, Payload: 64, Window: time.Second, FloodSizes: []int{64, 1472},
+	o := Options{Warm: 1000, Pings: 21000, Payload: 64, Window: time.Second, FloodSizes: []int{64, 1472}, Rounds: 3,
 		ResponderCPU: -1, GeneratorCPU: -1}
 	if runtime.NumCPU() >= 2 {
 		o.ResponderCPU, o.GeneratorCPU = 0, 1
@@ -46,12 +53,18 @@ func DefaultOptions() Options {
 	return o
 }
 
-// Compare runs every contender in turn on topo, measured by one generator,
-// and returns their results in Order. The contenders own the port's XDP hook
-// one at a time.
+// Compare runs every contender on topo, measured by one generator, in
+// o.Rounds interleaved rounds (VI, raw, spin, blocking, VI, raw, ...), so
+// that a burst of noise from the shared machine is spread over all of them
+// rather than hitting one. RTT summaries pool every round's samples; flood
+// figures are the round with the median rate. The contenders own the port's
+// XDP hook one at a time.
 func Compare(ctx context.Context, topo *Topology, o Options) ([]Result, error) {
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
+	}
+	if o.Rounds < 1 {
+		o.Rounds = 1
 	}
 	echo := netip.AddrPortFrom(topo.PortIP, EchoPort)
 	g, err := NewGenerator(topo, GenPort, echo)
@@ -63,23 +76,67 @@ func Compare(ctx context.Context, topo *Topology, o Options) ([]Result, error) {
 	if names == nil {
 		names = Order()
 	}
-	var out []Result
-	for _, name := range names {
-		c, err := NewContender(ctx, topo, name)
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", name, err)
+	samples := make([][]time.Duration, len(names))
+	out := make([]Result, len(names))
+	per := o
+	per.Pings = (o.Pings + o.Rounds - 1) / o.Rounds
+	for round := 0; round < o.Rounds; round++ {
+		for i, name := range names {
+			out[i].Name = name
+			c, err := NewContender(ctx, topo, name)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			var r Round
+			samples[i], r, err = measure(ctx, g, c, per, samples[i])
+			if cerr := c.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("close: %w", cerr)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s (round %d): %w", name, round+1, err)
+			}
+			o.Log("round %d %s: RTT p50 %v p99 %v; flood %s", round+1, name, r.P50, r.P99, floods(r.Flood))
+			out[i].Rounds = append(out[i].Rounds, r)
 		}
-		r, err := Measure(ctx, g, c, o)
-		if cerr := c.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close: %w", cerr)
+	}
+	for i := range out {
+		out[i].RTT = Summarize(samples[i])
+		for _, size := range o.FloodSizes {
+			if f, ok := medianFlood(out[i].Rounds, size); ok {
+				out[i].Flood = append(out[i].Flood, f)
+				if size == 64 {
+					out[i].PPS, out[i].Drop = f.PPS, f.Drop
+				}
+			}
 		}
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", name, err)
-		}
-		o.Log("%s: RTT p50 %v p99 %v; flood %+v", name, r.RTT.P50, r.RTT.P99, r.Flood)
-		out = append(out, r)
 	}
 	return out, nil
+}
+
+func floods(fs []Flood) string {
+	var b strings.Builder
+	for _, f := range fs {
+		fmt.Fprintf(&b, "[%d B: %d/%d in %v = %.3f Mpps] ", f.Payload, f.Received, f.Sent, f.Window.Round(time.Millisecond), f.PPS/1e6)
+	}
+	return b.String()
+}
+
+// medianFlood picks, among the rounds' floods at size, the one with the
+// median rate (the lower middle for an even count).
+func medianFlood(rounds []Round, size int) (Flood, bool) {
+	var fs []Flood
+	for _, r := range rounds {
+		for _, f := range r.Flood {
+			if f.Payload == size {
+				fs = append(fs, f)
+			}
+		}
+	}
+	if len(fs) == 0 {
+		return Flood{}, false
+	}
+	slices.SortFunc(fs, func(a, b Flood) int { return cmp.Compare(a.PPS, b.PPS) })
+	return fs[(len(fs)-1)/2], true
 }
 
 // NewContender builds the named contender on topo's port.
@@ -135,24 +192,26 @@ func onCPU(cpu int, fn func() error) error {
 	return <-done
 }
 
-// Measure takes c's RTT (c echoes, g pings) and its RX rate under g's flood
-// for each flood size (c only counts).
-func Measure(ctx context.Context, g *Generator, c Contender, o Options) (Result, error) {
-	res := Result{Name: c.Name()}
+// measure takes one round of c's figures: its RTT (c echoes, g pings;
+// samples are appended to all) and its RX rate under g's flood for each
+// flood size (c only counts).
+func measure(ctx context.Context, g *Generator, c Contender, o Options, all []time.Duration) ([]time.Duration, Round, error) {
+	var r Round
 	if o.Pings > 0 {
 		resp := start(ctx, o.ResponderCPU, c.Echo)
-		var lat Latency
+		from := len(all)
 		err := onCPU(o.GeneratorCPU, func() (err error) {
-			lat, err = MeasureRTT(g, o.Payload, o.Warm, o.Pings)
+			all, err = AppendRTT(all, g, o.Payload, o.Warm, o.Pings)
 			return err
 		})
 		if serr := resp.stop(); serr != nil {
-			return res, fmt.Errorf("echo: %w", serr)
+			return all, r, fmt.Errorf("echo: %w", serr)
 		}
 		if err != nil {
-			return res, fmt.Errorf("RTT: %w", err)
+			return all, r, fmt.Errorf("RTT: %w", err)
 		}
-		res.RTT = lat
+		lat := Summarize(slices.Clone(all[from:]))
+		r.P50, r.P99 = lat.P50, lat.P99
 	}
 	for _, size := range o.FloodSizes {
 		if o.Window <= 0 {
@@ -160,14 +219,11 @@ func Measure(ctx context.Context, g *Generator, c Contender, o Options) (Result,
 		}
 		f, err := flood(ctx, g, c, o, size)
 		if err != nil {
-			return res, fmt.Errorf("flood %d B: %w", size, err)
+			return all, r, fmt.Errorf("flood %d B: %w", size, err)
 		}
-		res.Flood = append(res.Flood, f)
-		if size == 64 {
-			res.PPS, res.Drop = f.PPS, f.Drop
-		}
+		r.Flood = append(r.Flood, f)
 	}
-	return res, nil
+	return all, r, nil
 }
 
 func flood(ctx context.Context, g *Generator, c Contender, o Options, size int) (Flood, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -129,19 +130,29 @@ func (p *UDPPinger) Close() error { return unix.Close(p.fd) }
 
 // MeasureRTT runs warm pings, then n measured pings, on a locked thread.
 func MeasureRTT(p Pinger, size, warm, n int) (Latency, error) {
+	samples, err := AppendRTT(nil, p, size, warm, n)
+	if err != nil {
+		return Latency{}, err
+	}
+	return Summarize(samples), nil
+}
+
+// AppendRTT runs warm pings, then n measured pings, on a locked thread and
+// appends the measured round trips to samples.
+func AppendRTT(samples []time.Duration, p Pinger, size, warm, n int) ([]time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	payload := make([]byte, size)
-	samples := make([]time.Duration, 0, n)
+	samples = slices.Grow(samples, n)
 	for i := 0; i < warm+n; i++ {
 		payload[0] = byte(i)
 		d, err := p.Ping(payload)
 		if err != nil {
-			return Latency{}, fmt.Errorf("ping %d: %w", i, err)
+			return samples, fmt.Errorf("ping %d: %w", i, err)
 		}
 		if i >= warm {
 			samples = append(samples, d)
 		}
 	}
-	return Summarize(samples), nil
+	return samples, nil
 }

@@ -89,9 +89,25 @@ func ThisMachine(o Options) Machine {
 func Markdown(results []Result, m Machine, o Options) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run %s on %s (%d vCPUs), Linux %s, %s; %s.\n", m.Date.Format("2006-01-02 15:04 MST"), m.CPU, m.CPUs, m.Kernel, m.Go, m.Pinned)
-	fmt.Fprintf(&b, "RTT: %d B UDP payload, %d round trips after %d warm-ups. RX: flood of %v per size from a raw AF_XDP sender; the drop is 1 − received/sent.\n\n",
-		o.Payload, o.Pings, o.Warm, o.Window)
+	rounds := max(o.Rounds, 1)
+	fmt.Fprintf(&b, "%d interleaved rounds. RTT: %d B UDP payload, %d round trips in all (%d warm-ups per round), percentiles over all rounds' samples. "+
+		"RX: a %v flood per size per round from a raw AF_XDP sender, the round with the median rate shown; the drop is 1 − received/sent.\n\n",
+		rounds, o.Payload, o.Pings, o.Warm, o.Window)
 	b.WriteString(Table(results, NameRawXDP, NameKernelSpin, NameKernelBlock))
+	b.WriteString("\nSpread over the rounds:\n\n| path | RTT p50 per round | RTT p99 per round | RX Mpps (64 B) per round |\n|---|---|---|---|\n")
+	for _, r := range results {
+		var p50, p99, pps []string
+		for _, rd := range r.Rounds {
+			p50 = append(p50, us(rd.P50))
+			p99 = append(p99, us(rd.P99))
+			for _, f := range rd.Flood {
+				if f.Payload == 64 {
+					pps = append(pps, mpps(f.PPS))
+				}
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.Name, strings.Join(p50, " / "), strings.Join(p99, " / "), strings.Join(pps, " / "))
+	}
 	b.WriteString("\n| target | limit | measured | met |\n|---|---|---|---|\n")
 	for _, t := range Targets(results) {
 		met := "no"

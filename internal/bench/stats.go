@@ -52,8 +52,18 @@ type Result struct {
 	RTT  Latency `json:"rtt"`
 	PPS  float64 `json:"rx_pps_64"` // received 64-byte packets per second under flood
 	Drop float64 `json:"drop_64"`   // fraction of the flood the receiver did not get
-	// Flood has the figures of every flood size (64 B is also in PPS/Drop).
+	// Flood has the figures of every flood size (64 B is also in PPS/Drop):
+	// the round with the median rate.
 	Flood []Flood `json:"flood,omitempty"`
+	// Rounds are the per-round figures (the spread behind the summary).
+	Rounds []Round `json:"rounds,omitempty"`
+}
+
+// Round is one contender's figures in one round of a comparison.
+type Round struct {
+	P50   time.Duration `json:"rtt_p50_ns"`
+	P99   time.Duration `json:"rtt_p99_ns"`
+	Flood []Flood       `json:"flood,omitempty"`
 }
 
 // Flood is one flood window at one UDP payload size.

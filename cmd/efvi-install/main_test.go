@@ -275,7 +275,10 @@ func TestUninstallUnlessDaemonSet(t *testing.T) {
 			}
 			e.o.Unless = "kube-efvi/kube-efvi-agent"
 			var asked string
-			get := func(_ context.Context, p string) (int, []byte, error) { asked = p; return c.code, []byte(c.body), c.err }
+			get := func(_ context.Context, p string) (int, []byte, error) {
+				asked = p
+				return c.code, []byte(c.body), c.err
+			}
 			if err := Uninstall(context.Background(), e.o, quiet, get); err != nil {
 				t.Fatal(err)
 			}

@@ -126,15 +126,15 @@ func unary[Req, Resp any](call func(Agent, context.Context, *Req) (*Resp, error)
 
 func serviceDesc() *grpc.ServiceDesc {
 	return &grpc.ServiceDesc{
-	ServiceName: ServiceName,
-	HandlerType: (*Agent)(nil),
-	Methods: []grpc.MethodDesc{
-		unary(Agent.Add, methodAdd),
-		unary(Agent.Del, methodDel),
-		unary(Agent.Check, methodCheck),
-		unary(Agent.GC, methodGC),
-		unary(Agent.Status, methodStatus),
-	},
-	Metadata: "efvi/cni/v1 (hand-written, JSON codec)",
+		ServiceName: ServiceName,
+		HandlerType: (*Agent)(nil),
+		Methods: []grpc.MethodDesc{
+			unary(Agent.Add, methodAdd),
+			unary(Agent.Del, methodDel),
+			unary(Agent.Check, methodCheck),
+			unary(Agent.GC, methodGC),
+			unary(Agent.Status, methodStatus),
+		},
+		Metadata: "efvi/cni/v1 (hand-written, JSON codec)",
 	}
 }

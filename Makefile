@@ -41,3 +41,41 @@ bench: ## benchmarks (root for the data-path ones)
 
 clean:
 	rm -rf $(BIN)
+
+# ---- images, chart, e2e cluster, demo (issue 6) ----
+HELM ?= $(GOBIN_TOOLS)/helm
+HELM_VERSION ?= v3.16.4
+MANIFESTS_NS ?= kube-efvi
+.PHONY: images manifests chart-lint e2e-up e2e-down e2e demo demo-down
+
+$(HELM):
+	GOBIN=$(GOBIN_TOOLS) CGO_ENABLED=0 GOFLAGS=-mod=mod $(GO) install -ldflags '-s -w' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+images: build ## agent, example-app and pause images as tarballs in out/images (no Docker)
+	hack/images.sh
+
+chart-lint: $(HELM) ## helm lint --strict, plus schema checks of bad values
+	$(HELM) lint --strict charts/kube-efvi
+	$(HELM) lint --strict charts/kube-efvi -f e2e/values-e2e.yaml
+	@! $(HELM) template x charts/kube-efvi --set-json 'config.pools=[{"name":"p","backend":"nope"}]' >/dev/null 2>&1 || { echo "schema accepted a bad backend"; exit 1; }
+
+manifests: $(HELM) ## render the chart into manifests/kube-efvi.yaml
+	{ echo "# Rendered from charts/kube-efvi by 'make manifests' (default values). Do not edit."; \
+	  printf -- '---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' $(MANIFESTS_NS); \
+	  $(HELM) template kube-efvi charts/kube-efvi --namespace $(MANIFESTS_NS); } > manifests/kube-efvi.yaml.tmp
+	mv manifests/kube-efvi.yaml.tmp manifests/kube-efvi.yaml
+
+e2e-up: build ## local Kubernetes + fabric netns + images + helm install (root)
+	hack/e2e-up.sh
+
+e2e-down: ## uninstall, stop the local cluster, remove the fabric (root)
+	hack/e2e-down.sh
+
+e2e: ## e2e tests against the cluster from e2e-up (go test -tags e2e ./e2e/...)
+	hack/e2e-test.sh
+
+demo: build ## e2e-up, then a pod that gets a VI and prints its environment
+	hack/demo.sh
+
+demo-down: ## remove the demo pod, then e2e-down
+	hack/demo.sh down

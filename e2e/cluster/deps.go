@@ -73,8 +73,12 @@ func (c *Cluster) buildKubernetes(ctx context.Context) error {
 	want := "Kubernetes v" + c.o.K8sVersion
 	fresh := true
 	for _, n := range k8sComponents {
-		out, err := exec.CommandContext(ctx, filepath.Join(c.BinDir(), n), "--version").Output()
-		if err != nil || strings.TrimSpace(string(out)) != want {
+		args := []string{"--version"}
+		if n == "kubectl" {
+			args = []string{"version", "--client"}
+		}
+		out, err := exec.CommandContext(ctx, filepath.Join(c.BinDir(), n), args...).Output()
+		if err != nil || !strings.Contains(string(out), want) && !strings.Contains(string(out), "Client Version: v"+c.o.K8sVersion) {
 			fresh = false
 			break
 		}

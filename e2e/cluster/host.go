@@ -17,6 +17,8 @@ import (
 // hybrid hosts do not mount by default.
 var cgroupV1Controllers = []string{"hugetlb", "net_cls,net_prio", "perf_event"}
 
+const bpffs = "/sys/fs/bpf"
+
 func (c *Cluster) hostSetup(ctx context.Context) error {
 	for _, ctl := range cgroupV1Controllers {
 		dir := filepath.Join("/sys/fs/cgroup", ctl)
@@ -29,6 +31,17 @@ func (c *Cluster) hostSetup(ctx context.Context) error {
 		if err := unix.Mount("cgroup", dir, "cgroup", 0, ctl); err != nil {
 			return fmt.Errorf("mount cgroup v1 %s on %s: %w", ctl, dir, err)
 		}
+	}
+	// bpffs, shared: the agent mounts it with HostToContainer propagation,
+	// which containerd refuses on a private mount (the default without
+	// systemd, which makes every mount shared).
+	if !isMountPoint(bpffs) {
+		if err := unix.Mount("bpffs", bpffs, "bpf", 0, "mode=700"); err != nil {
+			return fmt.Errorf("mount bpffs on %s: %w", bpffs, err)
+		}
+	}
+	if err := unix.Mount("", bpffs, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", bpffs, err)
 	}
 	// Pods reach each other and the node through the bridge; a dockerd that
 	// once ran may have left FORWARD at DROP.

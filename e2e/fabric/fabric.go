@@ -37,6 +37,10 @@ type Config struct {
 	PeerAddr string // CIDR on Peer
 	// PinPath is where the far end's XDP link is pinned (bpffs).
 	PinPath string
+	// Routes are prefixes the fabric reaches through the port (pod
+	// addresses: traffic to a pod's IP enters the node on the port, where
+	// the data plane steers it to the pod's VI). Nil: DefaultRoutes.
+	Routes []string
 }
 
 // Defaults.
@@ -48,6 +52,9 @@ const (
 	DefaultPeerAddr = "10.210.0.2/24"
 	DefaultPinPath  = "/sys/fs/bpf/kube-efvi-e2e/fabric-pass"
 )
+
+// DefaultRoutes is the e2e cluster's pod network.
+var DefaultRoutes = []string{"10.244.0.0/16"}
 
 // WithDefaults fills unset fields.
 func (c Config) WithDefaults() Config {
@@ -62,6 +69,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.PortAddr, DefaultPortAddr)
 	def(&c.PeerAddr, DefaultPeerAddr)
 	def(&c.PinPath, DefaultPinPath)
+	if c.Routes == nil {
+		c.Routes = DefaultRoutes
+	}
 	return c
 }
 
@@ -136,6 +146,15 @@ func Up(c Config) error {
 		if err := h.LinkSetUp(peer); err != nil {
 			return err
 		}
+		for _, r := range c.Routes {
+			_, dst, err := net.ParseCIDR(r)
+			if err != nil {
+				return fmt.Errorf("fabric route %q: %w", r, err)
+			}
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: dst, Gw: portAddr.IP}); err != nil {
+				return fmt.Errorf("route %s via %s in %s: %w", r, portAddr.IP, c.NS, err)
+			}
+		}
 		l, err := dataplane.AttachPassXDP(peer.Attrs().Index)
 		if err != nil {
 			return err
@@ -194,6 +213,6 @@ func Status(c Config) (string, error) {
 	for _, a := range addrs {
 		ips = append(ips, a.IP)
 	}
-	return fmt.Sprintf("%s (ifindex %d, %v, mac %s) <-> %s in netns %s (%s); XDP_PASS pinned at %s",
-		c.Port, port.Attrs().Index, ips, port.Attrs().HardwareAddr, c.Peer, c.NS, c.PeerAddr, c.PinPath), nil
+	return fmt.Sprintf("%s (ifindex %d, %v, mac %s) <-> %s in netns %s (%s, routes %v via the port); XDP_PASS pinned at %s",
+		c.Port, port.Attrs().Index, ips, port.Attrs().HardwareAddr, c.Peer, c.NS, c.PeerAddr, c.Routes, c.PinPath), nil
 }

@@ -20,6 +20,7 @@ func TestUpDown(t *testing.T) {
 		NS: testnet.UniqueName("fns"), Port: testnet.UniqueName("fp"), Peer: "fabric0",
 		PortAddr: "10.211.7.1/24", PeerAddr: "10.211.7.2/24",
 		PinPath: filepath.Join("/sys/fs/bpf", testnet.UniqueName("fpin")),
+		Routes:  []string{"10.212.0.0/16"},
 	}
 	t.Cleanup(func() { _ = Down(c) })
 	if err := Up(c); err != nil {
@@ -52,6 +53,10 @@ func TestUpDown(t *testing.T) {
 	}
 	if x := peer.Attrs().Xdp; x == nil || !x.Attached {
 		t.Fatalf("no XDP program on %s: %+v", c.Peer, x)
+	}
+	routes, err := h.RouteGet(net.IPv4(10, 212, 3, 4))
+	if err != nil || len(routes) == 0 || !routes[0].Gw.Equal(net.IPv4(10, 211, 7, 1)) {
+		t.Fatalf("pod route in the fabric: %+v %v", routes, err)
 	}
 	// UDP from the root namespace reaches a socket in the fabric namespace.
 	var conn *net.UDPConn

@@ -299,9 +299,9 @@ func (n *node) conflist(extra string) *libcni.NetworkConfigList {
 // pod is one pod of a test: its netns, its VI allocation, its runtime conf.
 type pod struct {
 	ns, name, uid string
-	netns       *testnet.NS
-	rt          *libcni.RuntimeConf
-	alloc       *viservice.Allocation
+	netns         *testnet.NS
+	rt            *libcni.RuntimeConf
+	alloc         *viservice.Allocation
 }
 
 func (n *node) newPod(ns, name string, slot int, ips []string, annotation string) *pod {

@@ -158,6 +158,8 @@ type maps struct {
 	stats   *ebpf.Map // PERCPU_ARRAY vi → Counters
 	portDev *ebpf.Map // DEVMAP[1] port ifindex
 	sniff   *ebpf.Map // ARRAY[1] sniffCfg
+	capture *ebpf.Map // ARRAY vi → u32 snap length (0 = not capturing); see capture.go
+	events  *ebpf.Map // PERF_EVENT_ARRAY cpu → perf event (capture output)
 
 	innerSpec *ebpf.MapSpec
 }
@@ -184,6 +186,8 @@ func (m *maps) defs(l Limits) []mapDef {
 		{"stats", &m.stats, &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 48, MaxEntries: l.MaxVIs}},
 		{"port_dev", &m.portDev, &ebpf.MapSpec{Type: ebpf.DevMap, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
 		{"sniff", &m.sniff, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 12, MaxEntries: 1}},
+		{"capture", &m.capture, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxVIs}},
+		{"cap_events", &m.events, &ebpf.MapSpec{Type: ebpf.PerfEventArray, KeySize: 4, ValueSize: 4}}, // MaxEntries 0: one per possible CPU
 	}
 }
 
@@ -235,7 +239,7 @@ func openMaps(dir string, l Limits) (m *maps, adopted bool, err error) {
 }
 
 func (m *maps) all() []*ebpf.Map {
-	return []*ebpf.Map{m.filters, m.hits, m.config, m.viDev, m.groups, m.xsks, m.ifToVI, m.txCfg, m.allowed, m.stats, m.portDev, m.sniff}
+	return []*ebpf.Map{m.filters, m.hits, m.config, m.viDev, m.groups, m.xsks, m.ifToVI, m.txCfg, m.allowed, m.stats, m.portDev, m.sniff, m.capture, m.events}
 }
 
 func (m *maps) close() {

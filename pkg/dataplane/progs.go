@@ -439,6 +439,7 @@ func buildVIRxXDP(m *maps) asm.Instructions {
 	g.incU64(asm.R0, cntRxPackets, asm.R1)
 	g.addU64(asm.R0, cntRxBytes, asm.R8, asm.R1)
 	g.mark("redirect")
+	g.captureHook(m, captureHookRegs{ctx: asm.R6, vi: asm.R7, length: asm.R8, save: asm.R9}, -8, rxStCapMeta, CaptureRX)
 	g.emit(
 		mapPtr(asm.R1, m.xsks),
 		asm.Mov.Reg(asm.R2, asm.R7),
@@ -457,7 +458,11 @@ const (
 	txStVI      = -16
 	txStLen     = -24
 	txStKey     = -48 // srcKey: vi u32, family u32, addr [16]
+	txStCapMeta = -72 // capture metadata (capMetaSize bytes)
 )
+
+// rxStCapMeta is where the VI RX program builds capture metadata.
+const rxStCapMeta = -32
 
 // buildVITxXDP generates the program on every VI's own veth (v<N>): frames
 // the pod transmits arrive here; spoofed ones are dropped and counted, the
@@ -554,6 +559,10 @@ func buildVITxXDP(m *maps) asm.Instructions {
 		asm.Add.Imm(asm.R2, txStKey),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "spoof"),
+		asm.LoadMem(data, asm.RFP, txStLen, asm.DWord), // data and cfg are free from here
+	)
+	g.captureHook(m, captureHookRegs{ctx: ctx, vi: vi, length: data, save: cfg}, txStVI, txStCapMeta, CaptureTX)
+	g.emit(
 		mapPtr(asm.R1, m.stats),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, txStVI),

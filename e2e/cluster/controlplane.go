@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,6 +123,21 @@ func (c *Cluster) startKubelet(ctx context.Context) error {
 	if err := c.start("kubelet", filepath.Join(c.BinDir(), "kubelet"), "--config="+cfg, "--kubeconfig="+c.pkiDir()+"/kubelet.kubeconfig",
 		"--node-ip="+c.o.NodeIP, "--hostname-override="+c.o.NodeName, "--v=1"); err != nil {
 		return err
+	}
+	// The kubelet's own health first: after a restart the node may still
+	// show the previous kubelet's Ready condition.
+	if err := poll(ctx, 60*time.Second, func() error {
+		resp, err := http.Get("http://127.0.0.1:10248/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("kubelet healthz: HTTP %d", resp.StatusCode)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("kubelet not healthy: %w", err)
 	}
 	if err := poll(ctx, 120*time.Second, func() error {
 		out, err := c.kubectl(ctx, "get", "node", c.o.NodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)

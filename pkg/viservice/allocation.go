@@ -50,6 +50,7 @@ type Allocation struct {
 	mu       sync.Mutex
 	policy   filter.Policy   // OwnIPs come from the CNI
 	inUse    map[uint32]bool // slots with a session's socket attached
+	socks    sockRefs        // the sessions' live XSKs by slot, for diagnostics (inspect.go)
 	detached bool
 }
 

@@ -167,6 +167,7 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*bro
 	}
 	v := &vi{id: broker.VIID(slot + 1), slot: slot, mem: m, sock: sock, dpVI: dv, cookie: map[broker.FilterCookie]filter.Spec{}}
 	s.vis[v.id] = v
+	s.alloc.trackSocket(slot, sock)
 	m.refs++
 	g := sock.Geometry
 	s.log.Info("VI allocated", "vi", slot, "veth", dv.PeerName(), "rx", rx, "tx", tx, "evq", evq)
@@ -262,6 +263,7 @@ func (s *session) freeVI(v *vi) error {
 	for c := range v.cookie {
 		cookies = append(cookies, filter.Cookie(c))
 	}
+	s.alloc.untrackSocket(v.slot)
 	errs = append(errs, s.alloc.Port.removeCookies(filter.VIID(v.slot), cookies), v.sock.Close())
 	v.mem.refs--
 	delete(s.vis, v.id)
@@ -311,6 +313,7 @@ func (s *session) Close() error {
 	var errs []error
 	if s.alloc.isDetached() {
 		for _, v := range s.vis {
+			s.alloc.untrackSocket(v.slot)
 			errs = append(errs, v.sock.Close())
 		}
 		for _, m := range s.mems {

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -125,24 +126,141 @@ type Report struct {
 	Options Options  `json:"options"`
 	Results []Result `json:"results"`
 	Targets []Target `json:"targets"`
+	// ControlPlane has the control-plane figures when the run measured them.
+	ControlPlane []ControlFigure `json:"control_plane,omitempty"`
 }
 
-// WriteReport writes bench.md and bench.json into dir (created if needed).
+// WriteReport writes bench.md, bench.json and the bench.png chart into dir
+// (created if needed). When dir holds ControlPlaneFile, its control-plane
+// figures are folded into controlplane.md, bench.md and bench.json.
 func WriteReport(dir string, results []Result, m Machine, o Options) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("bench output dir: %w", err)
 	}
-	md := "# kube-efvi data-path benchmark\n\n" + Markdown(results, m, o)
+	cp, cpmd, err := writeControlPlane(dir)
+	if err != nil {
+		return err
+	}
+	md := "# kube-efvi data-path benchmark\n\n" + Markdown(results, m, o) + cpmd
+	md += "\n![RTT and RX rate per path](bench.png)\n"
 	if err := os.WriteFile(filepath.Join(dir, "bench.md"), []byte(md), 0o644); err != nil {
 		return fmt.Errorf("write bench.md: %w", err)
 	}
 	o.Log = nil
-	j, err := json.MarshalIndent(Report{Machine: m, Options: o, Results: results, Targets: Targets(results)}, "", "  ")
+	j, err := json.MarshalIndent(Report{Machine: m, Options: o, Results: results, Targets: Targets(results), ControlPlane: cp}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode bench.json: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "bench.json"), append(j, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write bench.json: %w", err)
 	}
-	return nil
+	return WriteChart(filepath.Join(dir, "bench.png"), results, "kube-efvi")
+}
+
+// ControlFigure is one control-plane figure of the report, folded from the
+// Go benchmark output `make bench` leaves in ControlPlaneFile.
+type ControlFigure struct {
+	What  string  `json:"what"`
+	P50us float64 `json:"p50_us,omitempty"`
+	P99us float64 `json:"p99_us,omitempty"`
+	N     int     `json:"n,omitempty"`
+	// Source is the benchmark that measured it, or why it was not measured.
+	Source   string `json:"source"`
+	Measured bool   `json:"measured"`
+}
+
+// ControlPlaneFile is the file in the output directory that holds the
+// control-plane benchmarks' `go test -bench` output.
+const ControlPlaneFile = "controlplane.txt"
+
+// controlBenchmarks are the control-plane figures the report shows, in
+// order, with the benchmark that measures each (name without the -GOMAXPROCS
+// suffix) and how to get it when it is missing.
+var controlBenchmarks = [...]struct{ what, bench, missing string }{
+	{"Allocate (kubelet → device plugin, checkpointed)", "BenchmarkAllocate/checkpoint", "run `go test -run '^$' -bench Allocate ./pkg/deviceplugin`"},
+	{"kubelet re-registration (new kubelet.sock → Register)", "BenchmarkKubeletReregister", "run `go test -run '^$' -bench KubeletReregister ./internal/bench`"},
+	{"CNI ADD → filters live", "BenchmarkCNIAddFiltersLive", "not measured yet: no CNI ADD benchmark exists (efvi-cni is being built)"},
+}
+
+// ParseControlPlane picks the control-plane figures out of `go test -bench`
+// output (lines "BenchmarkX-2  N  ns/op  v p50-µs  v p99-µs"). Figures with
+// no line are returned unmeasured, with the reason.
+func ParseControlPlane(text string) []ControlFigure {
+	out := make([]ControlFigure, len(controlBenchmarks))
+	for i, c := range controlBenchmarks {
+		out[i] = ControlFigure{What: c.what, Source: c.missing}
+	}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndexByte(name, '-'); i > 0 && strings.Trim(name[i+1:], "0123456789") == "" {
+			name = name[:i]
+		}
+		for i, c := range controlBenchmarks {
+			if name != c.bench {
+				continue
+			}
+			fig := ControlFigure{What: c.what, Source: c.bench, Measured: true}
+			fmt.Sscan(f[1], &fig.N)
+			for j := 2; j+1 < len(f); j += 2 {
+				var v float64
+				if _, err := fmt.Sscan(f[j], &v); err != nil {
+					continue
+				}
+				switch f[j+1] {
+				case "p50-µs":
+					fig.P50us = v
+				case "p99-µs":
+					fig.P99us = v
+				}
+			}
+			if fig.P99us > 0 {
+				out[i] = fig
+			}
+		}
+	}
+	return out
+}
+
+// ControlPlaneMarkdown renders the control-plane table.
+func ControlPlaneMarkdown(figs []ControlFigure) string {
+	var b strings.Builder
+	b.WriteString("| control-plane operation | p50 | p99 | samples | measured by |\n|---|---|---|---|---|\n")
+	for _, f := range figs {
+		if !f.Measured {
+			fmt.Fprintf(&b, "| %s | — | — | — | %s |\n", f.What, f.Source)
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | `%s` |\n", f.What, msOrUs(f.P50us), msOrUs(f.P99us), f.N, f.Source)
+	}
+	return b.String()
+}
+
+func msOrUs(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return fmt.Sprintf("%.0f µs", v)
+}
+
+// writeControlPlane folds dir/ControlPlaneFile (if any) into controlplane.md
+// and returns the figures and their Markdown section for bench.md ("" when
+// the file is missing: the run did not measure the control plane).
+func writeControlPlane(dir string) ([]ControlFigure, string, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, ControlPlaneFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read control-plane benchmarks: %w", err)
+	}
+	figs := ParseControlPlane(string(raw))
+	md := "\n## Control plane\n\nGo benchmarks through real gRPC over unix sockets (fake kubelet), run by `make bench` before the data path.\n\n" + ControlPlaneMarkdown(figs)
+	if err := os.WriteFile(filepath.Join(dir, "controlplane.md"), []byte("# kube-efvi control-plane figures\n"+md), 0o644); err != nil {
+		return nil, "", fmt.Errorf("write controlplane.md: %w", err)
+	}
+	return figs, md, nil
 }

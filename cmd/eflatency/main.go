@@ -10,7 +10,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kube-efvi/kube-efvi/internal/bench"
+	"github.com/kube-efvi/kube-efvi/internal/efvitool"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
@@ -27,17 +27,18 @@ import (
 const usage = `eflatency: UDP ping-pong latency over a kube-efvi VI (ef_vi's eflatency).
 
 Usage:
-  eflatency pong [-port 8080]
+  eflatency pong [-port 8080] [-socket PATH]
       Receive on a VI (filter udp:<pod IP>:<port>) and echo every datagram back
       through the VI. Runs until interrupted.
-  eflatency ping -dst IP:PORT -dst-mac MAC [-n 100000] [-w 10000] [-s 32]
+  eflatency ping -dst IP:PORT -dst-mac MAC [-n 100000] [-w 10000] [-s 32] [-socket PATH]
   eflatency ping -dst IP:PORT -kernel [-bind IP:PORT] [-n ...]
       Send -n pings (after -w warm-ups) of -s payload bytes and print RTT
       mean/min/50/95/99/max in microseconds. Over a VI it needs the next
       hop's MAC (ARP is the application's job in ef_vi); -kernel uses a
       busy-polling kernel UDP socket instead, e.g. from a fabric namespace.
 
-In a pod, the VI comes from the allocation's socket ($EFVI_SOCKET).
+In a pod, the VI comes from the allocation's socket ($EFVI_SOCKET); on a
+node, pass the allocation's broker socket with -socket.
 `
 
 func main() {
@@ -65,42 +66,24 @@ func main() {
 	}
 }
 
-// openVI opens a VI through the agent with nbufs packet buffers.
-func openVI(ctx context.Context, nbufs int) (*efvi.Driver, *efvi.VI, *efvi.RegisteredMemory, error) {
-	d, err := efvi.DialAgent(ctx, "")
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	pd, err := d.AllocPD(ctx, efvi.PDRequest{VLAN: -1})
-	if err == nil {
-		var mem *efvi.RegisteredMemory
-		if mem, err = pd.RegisterMemory(ctx, nbufs); err == nil {
-			var vi *efvi.VI
-			if vi, err = pd.AllocVI(ctx, mem, efvi.VIRequest{EvqCap: -1, RxqCap: -1, TxqCap: -1}, efvi.Options{}); err == nil {
-				return d, vi, mem, nil
-			}
-		}
-	}
-	d.Close()
-	return nil, nil, nil, err
-}
-
 func pong(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("pong", flag.ContinueOnError)
 	port := fs.Uint("port", 8080, "UDP port to answer on (on the pod's own IP)")
+	socket := fs.String("socket", "", "agent broker socket of the allocation (default $"+efvi.EnvSocket+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	d, vi, mem, err := openVI(ctx, 4096)
+	s, err := efvitool.Open(ctx, *socket, 4096)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	info := d.Info()
-	if len(info.Addrs) == 0 {
-		return errors.New("the agent knows no IP for this pod yet (is efvi-cni chained in the node's CNI config?)")
+	defer s.Close()
+	vi, mem, info := s.VI, s.Mem, s.Info
+	ip, err := s.PodIP()
+	if err != nil {
+		return err
 	}
-	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", *port), info.Addrs[0])
+	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", *port), ip)
 	if err != nil {
 		return err
 	}
@@ -144,7 +127,7 @@ func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) erro
 					_ = vi.ReceivePost(mem.Addr(int(ev.RqID)), ev.RqID)
 					continue
 				}
-				swapUDP(b, &p)
+				efvitool.SwapUDP(b, &p)
 				off := efvi.Addr(ev.Addr)
 				if err := vi.TransmitInit(off, len(b), ev.RqID); err != nil {
 					_ = vi.ReceivePost(mem.Addr(int(ev.RqID)), ev.RqID)
@@ -164,34 +147,6 @@ func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) erro
 	}
 }
 
-// swapUDP turns a received UDP frame into its reply in place: MACs, IPs and
-// ports swap. The swaps keep every sum, but frames a local kernel sent over a
-// veth can arrive with a partial (offload) UDP checksum, so it is computed
-// afresh.
-func swapUDP(b []byte, p *frame.Packet) {
-	for i := 0; i < 6; i++ {
-		b[i], b[6+i] = b[6+i], b[i]
-	}
-	l3 := p.L3Off
-	if p.IPVersion == 4 {
-		for i := 0; i < 4; i++ {
-			b[l3+12+i], b[l3+16+i] = b[l3+16+i], b[l3+12+i]
-		}
-	} else {
-		for i := 0; i < 16; i++ {
-			b[l3+8+i], b[l3+24+i] = b[l3+24+i], b[l3+8+i]
-		}
-	}
-	l4 := p.L4Off
-	b[l4], b[l4+2] = b[l4+2], b[l4]
-	b[l4+1], b[l4+3] = b[l4+3], b[l4+1]
-	if p.IPVersion == 4 {
-		frame.SetUDPChecksum4(b[l3:l4], b[l4:p.End])
-	} else {
-		frame.SetUDPChecksum6(b[l3:l4], b[l4:p.End])
-	}
-}
-
 func ping(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("ping", flag.ContinueOnError)
 	dst := fs.String("dst", "", "pong address IP:PORT (required)")
@@ -201,6 +156,7 @@ func ping(ctx context.Context, args []string) error {
 	kernel := fs.Bool("kernel", false, "use a kernel UDP socket instead of a VI")
 	bind := fs.String("bind", "", "local IP:PORT for -kernel (default: any)")
 	dstMAC := fs.String("dst-mac", "", "next hop's MAC towards -dst (VI pinger)")
+	socket := fs.String("socket", "", "agent broker socket of the allocation, VI pinger (default $"+efvi.EnvSocket+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -224,11 +180,11 @@ func ping(ctx context.Context, args []string) error {
 			return err
 		}
 	} else {
-		mac, err := net.ParseMAC(*dstMAC)
-		if err != nil || len(mac) != 6 {
-			return fmt.Errorf("-dst-mac %q: a VI pinger needs the next hop's MAC (ARP is the app's job in ef_vi): %v", *dstMAC, err)
+		mac, err := efvitool.ParseMAC("-dst-mac", *dstMAC)
+		if err != nil {
+			return err
 		}
-		if p, err = newVIPinger(ctx, to, frame.MAC(mac)); err != nil {
+		if p, err = newVIPinger(ctx, *socket, to, mac); err != nil {
 			return err
 		}
 		how = "VI pinger"
@@ -248,7 +204,7 @@ func ping(ctx context.Context, args []string) error {
 // viPinger pings over a VI: one TX buffer, replies stolen by a filter on
 // the pod's own IP and an ephemeral port.
 type viPinger struct {
-	d    *efvi.Driver
+	s    *efvitool.Session
 	vi   *efvi.VI
 	mem  *efvi.RegisteredMemory
 	flow frame.UDPFlow
@@ -257,23 +213,24 @@ type viPinger struct {
 	txID efvi.RqID
 }
 
-func newVIPinger(ctx context.Context, to netip.AddrPort, dstMAC frame.MAC) (*viPinger, error) {
-	d, vi, mem, err := openVI(ctx, 1024)
+func newVIPinger(ctx context.Context, socket string, to netip.AddrPort, dstMAC frame.MAC) (*viPinger, error) {
+	s, err := efvitool.Open(ctx, socket, 1024)
 	if err != nil {
 		return nil, err
 	}
-	info := d.Info()
-	if len(info.Addrs) == 0 {
-		d.Close()
-		return nil, errors.New("the agent knows no IP for this pod yet")
+	vi, mem, info := s.VI, s.Mem, s.Info
+	ip, err := s.PodIP()
+	if err != nil {
+		s.Close()
+		return nil, err
 	}
-	src := netip.AddrPortFrom(info.Addrs[0], 40000+uint16(os.Getpid()%20000))
+	src := netip.AddrPortFrom(ip, 40000+uint16(os.Getpid()%20000))
 	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", src.Port()), src.Addr())
 	if err == nil {
 		_, err = vi.FilterAdd(ctx, spec)
 	}
 	if err != nil {
-		d.Close()
+		s.Close()
 		return nil, fmt.Errorf("reply filter: %w", err)
 	}
 	rx := mem.NumBufs() - 1
@@ -281,7 +238,7 @@ func newVIPinger(ctx context.Context, to netip.AddrPort, dstMAC frame.MAC) (*viP
 		_ = vi.ReceiveInit(mem.Addr(i), efvi.RqID(i))
 	}
 	vi.ReceivePush()
-	return &viPinger{d: d, vi: vi, mem: mem, evs: make([]efvi.Event, 64), ids: make([]efvi.RqID, efvi.TransmitBatch),
+	return &viPinger{s: s, vi: vi, mem: mem, evs: make([]efvi.Event, 64), ids: make([]efvi.RqID, efvi.TransmitBatch),
 		txID: efvi.RqID(rx), flow: frame.UDPFlow{SrcMAC: info.MAC, DstMAC: dstMAC, Src: src, Dst: to}}, nil
 }
 
@@ -319,4 +276,4 @@ func (p *viPinger) Ping(payload []byte) (time.Duration, error) {
 }
 
 // Close implements bench.Pinger.
-func (p *viPinger) Close() error { return p.d.Close() }
+func (p *viPinger) Close() error { return p.s.Close() }

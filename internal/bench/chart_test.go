@@ -139,6 +139,9 @@ BenchmarkAllocate/checkpoint-2         	    2000	   1534567 ns/op	      1200 p50
 BenchmarkAllocate/memory-2             	    2000	    334567 ns/op	       300 p50-µs	       512.5 p99-µs
 BenchmarkKubeletReregister-2   	      20	   1097745 ns/op	       566.1 p50-µs	       686.7 p99-µs
 PASS
+pkg: github.com/kube-efvi/kube-efvi/cmd/cni
+BenchmarkAddFiltersLive-2   	2026/11/25 05:43:55 INFO data plane ready port=efvta6afda26e ifindex=1049
+      20	  43533324 ns/op	        41.20 p50-ms	        53.47 p99-ms
 `
 
 func TestParseControlPlane(t *testing.T) {
@@ -152,17 +155,25 @@ func TestParseControlPlane(t *testing.T) {
 	if f := figs[1]; !f.Measured || f.P50us != 566.1 || f.P99us != 686.7 || f.N != 20 {
 		t.Errorf("re-registration: %+v", f)
 	}
-	if f := figs[2]; f.Measured || !strings.Contains(f.Source, "not measured yet") {
-		t.Errorf("CNI ADD: %+v", f)
+	if f := figs[2]; !f.Measured || f.P50us != 41200 || f.P99us != 53470 || f.N != 20 {
+		t.Errorf("CNI ADD (figures on the line after a log line): %+v", f)
 	}
 	md := ControlPlaneMarkdown(figs)
-	for _, want := range []string{"| 1.20 ms | 2.41 ms | 2000 |", "| 566 µs | 687 µs | 20 |", "| — | — | — | not measured yet"} {
+	for _, want := range []string{"| 1.20 ms | 2.41 ms | 2000 |", "| 566 µs | 687 µs | 20 |", "| 41.20 ms | 53.47 ms | 20 |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
 	}
 	if figs := ParseControlPlane("garbage\nBenchmarkAllocate/checkpoint-2 x y z\n"); figs[0].Measured {
 		t.Errorf("garbage parsed as a figure: %+v", figs[0])
+	}
+	// Missing benchmarks are rows that say so.
+	figs = ParseControlPlane(strings.Split(controlFixture, "pkg: github.com/kube-efvi/kube-efvi/cmd/cni")[0])
+	if f := figs[2]; f.Measured || !strings.Contains(f.Source, "not measured yet") {
+		t.Errorf("CNI ADD without its benchmark: %+v", f)
+	}
+	if md := ControlPlaneMarkdown(figs); !strings.Contains(md, "| — | — | — | not measured yet") {
+		t.Errorf("markdown:\n%s", md)
 	}
 }
 

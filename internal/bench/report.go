@@ -179,33 +179,50 @@ const ControlPlaneFile = "controlplane.txt"
 var controlBenchmarks = [...]struct{ what, bench, missing string }{
 	{"Allocate (kubelet → device plugin, checkpointed)", "BenchmarkAllocate/checkpoint", "run `go test -run '^$' -bench Allocate ./pkg/deviceplugin`"},
 	{"kubelet re-registration (new kubelet.sock → Register)", "BenchmarkKubeletReregister", "run `go test -run '^$' -bench KubeletReregister ./internal/bench`"},
-	{"CNI ADD → filters live", "BenchmarkCNIAddFiltersLive", "not measured yet: no CNI ADD benchmark exists (efvi-cni is being built)"},
+	{"CNI ADD → filters live (libcni → efvi-cni → agent → data plane)", "BenchmarkAddFiltersLive", "not measured yet: run `go test -run '^$' -bench AddFiltersLive ./cmd/cni` (root)"},
 }
 
 // ParseControlPlane picks the control-plane figures out of `go test -bench`
-// output (lines "BenchmarkX-2  N  ns/op  v p50-µs  v p99-µs"). Figures with
-// no line are returned unmeasured, with the reason.
+// output (lines "BenchmarkX-2  N  ns/op  v p50-µs  v p99-µs", or -ms). A
+// benchmark whose log output split its line (name, a log line, then the
+// figures on the next line) is read too. Figures with no line are returned
+// unmeasured, with the reason.
 func ParseControlPlane(text string) []ControlFigure {
 	out := make([]ControlFigure, len(controlBenchmarks))
 	for i, c := range controlBenchmarks {
 		out[i] = ControlFigure{What: c.what, Source: c.missing}
 	}
+	isCount := func(s string) bool { return s != "" && strings.Trim(s, "0123456789") == "" }
+	pending := ""
 	for _, line := range strings.Split(text, "\n") {
 		f := strings.Fields(line)
-		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+		if len(f) == 0 {
 			continue
 		}
-		name := f[0]
-		if i := strings.LastIndexByte(name, '-'); i > 0 && strings.Trim(name[i+1:], "0123456789") == "" {
-			name = name[:i]
+		name := ""
+		switch {
+		case strings.HasPrefix(f[0], "Benchmark"):
+			name, f = f[0], f[1:]
+			if i := strings.LastIndexByte(name, '-'); i > 0 && isCount(name[i+1:]) {
+				name = name[:i]
+			}
+			if len(f) == 0 || !isCount(f[0]) {
+				pending = name // the figures follow on a later line
+				continue
+			}
+		case pending != "" && isCount(f[0]):
+			name = pending
+		default:
+			continue
 		}
+		pending = ""
 		for i, c := range controlBenchmarks {
 			if name != c.bench {
 				continue
 			}
 			fig := ControlFigure{What: c.what, Source: c.bench, Measured: true}
-			fmt.Sscan(f[1], &fig.N)
-			for j := 2; j+1 < len(f); j += 2 {
+			fmt.Sscan(f[0], &fig.N)
+			for j := 1; j+1 < len(f); j += 2 {
 				var v float64
 				if _, err := fmt.Sscan(f[j], &v); err != nil {
 					continue
@@ -215,6 +232,10 @@ func ParseControlPlane(text string) []ControlFigure {
 					fig.P50us = v
 				case "p99-µs":
 					fig.P99us = v
+				case "p50-ms":
+					fig.P50us = v * 1000
+				case "p99-ms":
+					fig.P99us = v * 1000
 				}
 			}
 			if fig.P99us > 0 {

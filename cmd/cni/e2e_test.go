@@ -122,7 +122,7 @@ const (
 )
 
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	topo    *bench.Topology
 	plane   *dataplane.Port
 	port    *viservice.Port
@@ -184,7 +184,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newNode(t *testing.T, subnet uint8) *node {
+func newNode(t testing.TB, subnet uint8) *node {
 	t.Helper()
 	testnet.RequireRoot(t)
 	bin := buildPlugins(t)

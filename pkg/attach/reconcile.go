@@ -19,17 +19,19 @@ type PodRef struct {
 // taken before their ADD (a watch cache lags the API server).
 const SweepGrace = time.Minute
 
-// HasPod reports whether an attachment record belongs to the pod
-// namespace/name: a watch only needs to call ReconcilePod for those.
-func (s *Service) HasPod(namespace, name string) bool {
+// PodUIDs returns the pod UIDs of the attachments of namespace/name (""
+// for an attachment whose UID is unknown): a watch only needs to call
+// ReconcilePod when the pod it sees is gone, finished, or has another UID.
+func (s *Service) PodUIDs(namespace, name string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var out []string
 	for _, r := range s.records {
 		if r.PodNamespace == namespace && r.PodName == name {
-			return true
+			out = append(out, r.PodUID)
 		}
 	}
-	return false
+	return out
 }
 
 // gone asks the API server (not a cache) whether the pod of rec has gone:

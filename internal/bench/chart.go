@@ -101,6 +101,22 @@ func groupedBars(title, unit string, names, series []string, value func(Result, 
 		b.Offset = vg.Length(float64(k)-float64(len(series)-1)/2) * width
 		p.Add(b)
 		p.Legend.Add(s, b)
+		// The value above each bar: one tall bar must not hide the others.
+		xys := plotter.XYLabels{XYs: make(plotter.XYs, len(vs)), Labels: make([]string, len(vs))}
+		for i, v := range vs {
+			xys.XYs[i] = plotter.XY{X: float64(i), Y: v}
+			xys.Labels[i] = fmt.Sprintf("%.3g", v)
+		}
+		l, err := plotter.NewLabels(xys)
+		if err != nil {
+			return nil, fmt.Errorf("chart %q: %w", title, err)
+		}
+		for i := range l.TextStyle {
+			l.TextStyle[i].XAlign = draw.XCenter
+			l.TextStyle[i].Font.Size = vg.Points(8)
+		}
+		l.Offset = vg.Point{X: b.Offset, Y: vg.Points(2)}
+		p.Add(l)
 	}
 	p.Y.Max = 1.25 * max(top, 1e-3) // room for the legend above the bars
 	p.NominalX(names...)

@@ -18,6 +18,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
 )
 
@@ -73,6 +74,7 @@ func run() int {
 		sysfs        = fs.String("sysfs", "/sys", "sysfs mount point")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = fs.String("log-format", "json", "json or text")
+		diagSocket   = fs.String("efvictl-socket", introspect.DefaultSocket, `diagnostics socket for efvictl (root only), or "off"`)
 	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -139,6 +141,17 @@ func run() int {
 			log.Error("detach software backend", "err", err)
 		}
 	}()
+	// Diagnostics for efvictl (ports, VIs, filters, per-VI counters and
+	// metrics, capture) on a root-only unix socket.
+	diag := introspect.New(introspect.Config{Registry: sw.Registry(), Logger: log})
+	defer diag.Close()
+	if *diagSocket != "off" {
+		if ds, err := introspect.Listen(*diagSocket, diag); err != nil {
+			log.Error("efvictl diagnostics unavailable", "err", err)
+		} else {
+			go func() { _ = ds.Serve(ctx) }()
+		}
+	}
 	ag := agent.New(agent.Options{
 		ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log,
 		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {

@@ -42,6 +42,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,6 +68,9 @@ type Options struct {
 	Unless    string // NAMESPACE/NAME of a DaemonSet
 	APIServer string // override https://host:port
 	TokenDir  string
+	// NoChain (install --chain=false) copies the binary only (for Multus
+	// network attachments) and removes chain entries an earlier install left.
+	NoChain bool
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -114,6 +118,11 @@ func newFlags(o *Options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Source, "plugin-binary", "/usr/bin/efvi-cni", "plugin binary to copy (install)")
 	fs.StringVar(&o.Type, "plugin-type", "efvi-cni", "plugin type: the entry's \"type\" and the binary's name in the bin dir")
 	fs.StringVar(&o.Config, "plugin-config", "{}", "JSON object of extra fields for the entry, e.g. {\"agentSocket\":\"/run/efvi/agent.sock\"}")
+	fs.BoolFunc("chain", "install: append the plugin to the node's active conflist (default true); --chain=false: copy the binary only and remove entries an earlier install added (Multus users)", func(v string) error {
+		b, err := strconv.ParseBool(v)
+		o.NoChain = !b
+		return err
+	})
 	fs.DurationVar(&o.Wait, "wait", 0, "install: wait this long for the primary network's config to appear (0: fail at once)")
 	fs.StringVar(&o.Unless, "unless-daemonset", "", "uninstall: NAMESPACE/NAME; keep everything while that DaemonSet exists")
 	fs.StringVar(&o.APIServer, "api-server", "", "uninstall: API server URL (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
@@ -170,6 +179,9 @@ func Install(ctx context.Context, o Options, log *slog.Logger) error {
 		return err
 	}
 	log.Info("plugin binary", "path", dst, "updated", copied)
+	if o.NoChain {
+		return removeEntries(o, log)
+	}
 	var conf string
 	deadline := time.Now().Add(o.Wait)
 	for {
@@ -226,6 +238,23 @@ func Uninstall(ctx context.Context, o Options, log *slog.Logger, apiGet func(ctx
 		}
 		log.Info("uninstalling the CNI plugin", "reason", why)
 	}
+	err := removeEntries(o, log)
+	// The binary goes last: no config may name a missing plugin.
+	if err != nil {
+		return err
+	}
+	var errs []error
+	bin := filepath.Join(o.BinDir, o.Type)
+	if err := os.Remove(bin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	} else {
+		log.Info("removed the plugin binary", "path", bin)
+	}
+	return errors.Join(errs...)
+}
+
+// removeEntries removes the plugin's entries from every conflist in the conf dir.
+func removeEntries(o Options, log *slog.Logger) error {
 	ents, err := os.ReadDir(o.ConfDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("CNI conf dir: %w", err)
@@ -253,15 +282,6 @@ func Uninstall(ctx context.Context, o Options, log *slog.Logger, apiGet func(ctx
 				continue
 			}
 			log.Info("removed the entry", "path", p)
-		}
-	}
-	// The binary goes last: no config may name a missing plugin.
-	if len(errs) == 0 {
-		bin := filepath.Join(o.BinDir, o.Type)
-		if err := os.Remove(bin); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		} else {
-			log.Info("removed the plugin binary", "path", bin)
 		}
 	}
 	return errors.Join(errs...)

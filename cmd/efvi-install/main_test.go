@@ -319,6 +319,26 @@ func TestCLI(t *testing.T) {
 	}
 }
 
+func TestInstallNoChain(t *testing.T) {
+	e := newEnv(t, map[string]string{"10-x.conflist": bridgeConflist})
+	ctx := context.Background()
+	if err := Install(ctx, e.o, quiet); err != nil {
+		t.Fatal(err)
+	}
+	// Switching to binary-only (e.g. cni.install=false on upgrade) removes
+	// the chain entry but keeps the binary for Multus attachments.
+	var out, errb bytes.Buffer
+	if code := run([]string{"install", "--chain=false", "--cni-bin-dir", e.bin, "--cni-conf-dir", e.conf, "--plugin-binary", e.src}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if e.read(t, "10-x.conflist") != bridgeConflist {
+		t.Fatal("--chain=false left the chain entry")
+	}
+	if _, err := os.Stat(filepath.Join(e.bin, "efvi-cni")); err != nil {
+		t.Fatalf("--chain=false removed the binary: %v", err)
+	}
+}
+
 func FuzzInsertRemove(f *testing.F) {
 	for _, s := range []string{bridgeConflist, calicoCompact, ciliumSingle, emptyChain, `{"plugins":[{"type":"efvi-cni"}]}`, `{`, `[]`} {
 		f.Add([]byte(s))

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
+	"github.com/kube-efvi/kube-efvi/pkg/cniapi"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
@@ -39,15 +40,21 @@ What it does today:
     kubelet restart. Link down or a missing /dev/sfc_char → Unhealthy, and
     Healthy again on recovery.
   - Allocate: records the VI slots (checkpoint in the state dir), creates a
-    per-allocation directory mounted at /run/efvi/<pool>/ (the VI broker will
-    listen on broker.sock there; today the directory is all there is), sets
+    per-allocation directory mounted at /run/efvi/<pool>/ (the VI broker
+    listens on broker.sock there), sets
     EFVI_SOCKET/EFVI_DEVICES and EFVI_SOCKET_<POOL>/EFVI_DEVICES_<POOL>, passes
     /dev/sfc_char (+ /dev/onload*) for hardware pools, or a CDI device when
     CDI is enabled.
   - Reconciles allocations with the kubelet PodResources API: slots of deleted
     pods come back; a slot is never issued twice.
   - Serves Prometheus metrics on /metrics (and /healthz).
-  Not yet: the VI broker, the software data plane (XDP/AF_XDP), filters.
+  - Software pools: puts the XDP data plane on each port and serves each
+    allocation's broker socket, which hands the pod its VI (an AF_XDP socket
+    and its packet memory) as file descriptors; keeps the filter tables.
+  - Serves the agent API efvi-cni calls (--cni-socket): installs the filters a
+    pod declares (annotation efvi.io/filters) for its own IPs, and removes
+    them on DEL or when the pod is gone (watch of this node's pods).
+  - Serves diagnostics for efvictl (--efvictl-socket).
 
 Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the config.
 
@@ -75,6 +82,9 @@ func run() int {
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = fs.String("log-format", "json", "json or text")
 		diagSocket   = fs.String("efvictl-socket", introspect.DefaultSocket, `diagnostics socket for efvictl (root only), or "off"`)
+		cniSocket    = fs.String("cni-socket", cniapi.DefaultSocket, `agent API socket for efvi-cni, or "off"`)
+		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig for the API server (empty: in-cluster service account)")
+		nodeName     = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, else the hostname)")
 	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -152,10 +162,17 @@ func run() int {
 			go func() { _ = ds.Serve(ctx) }()
 		}
 	}
+	// The agent resolves its settings (file + flags) when it starts; the CNI
+	// side starts from them.
+	settings := make(chan config.Agent, 1)
 	ag := agent.New(agent.Options{
 		ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log,
 		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {
 			sw.UseDirs(a.BrokerDir, a.StateDir)
+			select {
+			case settings <- a:
+			default:
+			}
 			return sw
 		},
 		OnPoolPorts:    sw.OnPoolPorts,
@@ -172,6 +189,19 @@ func run() int {
 			case <-hup:
 				log.Info("SIGHUP: reloading the config")
 				ag.Reload()
+			}
+		}
+	}()
+	if *nodeName == "" {
+		*nodeName, _ = os.Hostname()
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+		case a := <-settings:
+			o := cniOptions{socket: *cniSocket, kubeconfig: *kubeconfig, node: *nodeName}
+			if err := serveCNI(ctx, log, o, a, ag, sw); err != nil {
+				log.Error("CNI agent API unavailable: pods' declared filters will not be installed", "err", err)
 			}
 		}
 	}()

@@ -342,6 +342,14 @@ func (a *Agent) effectivePoolsLocked() []config.Pool {
 	return out
 }
 
+// Pool returns the active pool with that name (config reloads included).
+func (a *Agent) Pool(name string) (config.Pool, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, ok := a.pools[name]
+	return p, ok
+}
+
 // Matches reports whether port p is selected by pool.
 func Matches(pool config.Pool, p discovery.Port) bool {
 	if pool.Backend == config.Hardware && !p.Solarflare() {

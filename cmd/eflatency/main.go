@@ -87,6 +87,15 @@ func pong(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// RX buffers go in before the filter steers traffic here: a frame that
+	// finds the ring empty is dropped.
+	n := mem.NumBufs()
+	for i := 0; i < n && i < vi.ReceiveCapacity(); i++ {
+		if err := vi.ReceiveInit(mem.Addr(i), efvi.RqID(i)); err != nil {
+			break
+		}
+	}
+	vi.ReceivePush()
 	if _, err := vi.FilterAdd(ctx, spec); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("filter %s: %w", spec, err)
 	}
@@ -96,17 +105,10 @@ func pong(ctx context.Context, args []string) error {
 
 // echoLoop answers every UDP frame by swapping its addresses in place and
 // transmitting the same buffer; the buffer is re-posted when its TX
-// completes. RX buffers are the first half of the region.
+// completes. The caller has posted the RX buffers.
 func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	n := mem.NumBufs()
-	for i := 0; i < n && i < vi.ReceiveCapacity(); i++ {
-		if err := vi.ReceiveInit(mem.Addr(i), efvi.RqID(i)); err != nil {
-			break
-		}
-	}
-	vi.ReceivePush()
 	evs := make([]efvi.Event, 64)
 	ids := make([]efvi.RqID, efvi.TransmitBatch)
 	var p frame.Packet

@@ -116,6 +116,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*Totals,
 		return nil, err
 	}
 	defer s.Close()
+	// Post every RX buffer before any filter steers traffic here: a frame
+	// that finds the ring empty is dropped (RxNoDesc).
+	pool := efvi.NewBufPool(0, s.Mem.NumBufs())
+	s.VI.RefillFrom(pool)
 	ip, ipErr := s.PodIP()
 	specs := make([]filter.Spec, 0, len(texts))
 	for i, text := range texts {
@@ -136,7 +140,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*Totals,
 	fmt.Fprintf(out, "efsink: VI %d on %s, filters %s\n", s.VI.Instance(), s.Info.Interface, joinSpecs(specs))
 	out.Flush()
 	t := &Totals{PerSpec: make([]uint64, len(specs)), Specs: specs}
-	err = receive(ctx, s, o, efvitool.NewClassifier(specs), t, out)
+	err = receive(ctx, s, pool, o, efvitool.NewClassifier(specs), t, out)
 	printTotals(out, t)
 	return t, err
 }
@@ -153,12 +157,10 @@ func joinSpecs(specs []filter.Spec) string {
 }
 
 // receive is the receive loop: no allocation per frame.
-func receive(ctx context.Context, s *efvitool.Session, o options, cls *efvitool.Classifier, t *Totals, out *bufio.Writer) error {
+func receive(ctx context.Context, s *efvitool.Session, pool *efvi.BufPool, o options, cls *efvitool.Classifier, t *Totals, out *bufio.Writer) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	vi := s.VI
-	pool := efvi.NewBufPool(0, s.Mem.NumBufs())
-	vi.RefillFrom(pool)
 	evs := make([]efvi.Event, 64)
 	line := make([]byte, 0, 256+4*o.hexdump)
 	var p frame.Packet

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -17,6 +18,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/podwatch"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
+	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 )
 
 // cniOptions say how the agent reaches the API server and where the CNI
@@ -39,7 +41,7 @@ func (o cniOptions) restConfig() (*rest.Config, error) {
 // pods declare for their own IPs, and the watch of this node's pods that
 // removes the filters of pods that are gone even when a DEL was missed.
 // settings are the agent's resolved settings (paths).
-func serveCNI(ctx context.Context, log *slog.Logger, o cniOptions, settings config.Agent, ag *agent.Agent, sw *softvi.Backend) error {
+func serveCNI(ctx context.Context, log *slog.Logger, o cniOptions, settings config.Agent, ag *agent.Agent, sw *softvi.Backend, pods *podNames) error {
 	if o.socket == "off" {
 		log.Info("CNI agent API disabled (--cni-socket off)")
 		return nil
@@ -80,6 +82,7 @@ func serveCNI(ctx context.Context, log *slog.Logger, o cniOptions, settings conf
 	if err != nil {
 		return err
 	}
+	pods.svc.Store(svc)
 	if err := os.MkdirAll(filepath.Dir(o.socket), 0o755); err != nil {
 		return err
 	}
@@ -97,4 +100,26 @@ func serveCNI(ctx context.Context, log *slog.Logger, o cniOptions, settings conf
 		}
 	}
 	return nil
+}
+
+// podNames tells diagnostics and metrics which pod holds an allocation, from
+// the CNI side's attachment records (unknown until the CNI side runs).
+type podNames struct {
+	reg *viservice.Registry
+	svc atomic.Pointer[attach.Service]
+}
+
+func (p *podNames) name(allocationID string) (namespace, name string, ok bool) {
+	svc := p.svc.Load()
+	if svc == nil {
+		return "", "", false
+	}
+	for _, r := range svc.Records() {
+		for _, d := range r.Devices {
+			if id, _, held := p.reg.ByDevice(d); held && id == allocationID {
+				return r.PodNamespace, r.PodName, r.PodName != ""
+			}
+		}
+	}
+	return "", "", false
 }

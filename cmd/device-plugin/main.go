@@ -15,11 +15,14 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/cniapi"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/metrics"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
 )
 
@@ -153,7 +156,8 @@ func run() int {
 	}()
 	// Diagnostics for efvictl (ports, VIs, filters, per-VI counters and
 	// metrics, capture) on a root-only unix socket.
-	diag := introspect.New(introspect.Config{Registry: sw.Registry(), Logger: log})
+	pods := &podNames{reg: sw.Registry()}
+	diag := introspect.New(introspect.Config{Registry: sw.Registry(), PodNamer: pods.name, Logger: log})
 	defer diag.Close()
 	if *diagSocket != "off" {
 		if ds, err := introspect.Listen(*diagSocket, diag); err != nil {
@@ -175,6 +179,7 @@ func run() int {
 			}
 			return sw
 		},
+		Collectors:     []prometheus.Collector{metrics.NewVITrafficCollector(diag.VISamples)},
 		OnPoolPorts:    sw.OnPoolPorts,
 		SoftwareHealth: sw.Healthy,
 	})
@@ -200,7 +205,7 @@ func run() int {
 		case <-ctx.Done():
 		case a := <-settings:
 			o := cniOptions{socket: *cniSocket, kubeconfig: *kubeconfig, node: *nodeName}
-			if err := serveCNI(ctx, log, o, a, ag, sw); err != nil {
+			if err := serveCNI(ctx, log, o, a, ag, sw, pods); err != nil {
 				log.Error("CNI agent API unavailable: pods' declared filters will not be installed", "err", err)
 			}
 		}

@@ -34,6 +34,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
@@ -69,6 +71,9 @@ type Options struct {
 	// NewBroker, if set, makes the BrokerProvider from the resolved agent
 	// settings (paths come from the file and flags); it wins over Broker.
 	NewBroker func(config.Agent) deviceplugin.BrokerProvider
+	// Collectors are registered on the agent's metrics registry (e.g. the
+	// per-VI traffic collector).
+	Collectors []prometheus.Collector
 	// OnPoolPorts is called after a pool's ports change.
 	OnPoolPorts func(pool config.Pool, ports []discovery.Port)
 	// SoftwareHealth reports whether the software data plane works on a
@@ -176,6 +181,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.met = metrics.New(a.alloc.Stats)
+	for _, c := range a.opts.Collectors {
+		if err := a.met.Registry.Register(c); err != nil {
+			return fmt.Errorf("register metrics collector: %w", err)
+		}
+	}
 	if ag.CDI.Enabled {
 		if a.cdi, err = deviceplugin.NewCDIWriter(ag.CDI.Dir); err != nil {
 			return err

@@ -140,14 +140,15 @@ BenchmarkAllocate/memory-2             	    2000	    334567 ns/op	       300 p50
 BenchmarkKubeletReregister-2   	      20	   1097745 ns/op	       566.1 p50-µs	       686.7 p99-µs
 PASS
 pkg: github.com/kube-efvi/kube-efvi/cmd/cni
-BenchmarkAddFiltersLive-2   	2026/11/25 05:43:55 INFO data plane ready port=efvta6afda26e ifindex=1049
+BenchmarkAddFiltersLive/vi-created-2   	2026/11/25 05:43:55 INFO data plane ready port=efvta6afda26e ifindex=1049
       20	  43533324 ns/op	        41.20 p50-ms	        53.47 p99-ms
+BenchmarkAddFiltersLive/vi-exists-2    	      20	  13533324 ns/op	        11.50 p50-ms	        19.00 p99-ms
 `
 
 func TestParseControlPlane(t *testing.T) {
 	figs := ParseControlPlane(controlFixture)
-	if len(figs) != 3 {
-		t.Fatalf("%d figures, want 3", len(figs))
+	if len(figs) != 5 {
+		t.Fatalf("%d figures, want 5", len(figs))
 	}
 	if f := figs[0]; !f.Measured || f.P50us != 1200 || f.P99us != 2412 || f.N != 2000 || f.Source != "BenchmarkAllocate/checkpoint" {
 		t.Errorf("Allocate: %+v", f)
@@ -158,8 +159,14 @@ func TestParseControlPlane(t *testing.T) {
 	if f := figs[2]; !f.Measured || f.P50us != 41200 || f.P99us != 53470 || f.N != 20 {
 		t.Errorf("CNI ADD (figures on the line after a log line): %+v", f)
 	}
+	if f := figs[3]; !f.Measured || f.P50us != 11500 || f.P99us != 19000 || f.Source != "BenchmarkAddFiltersLive/vi-exists" {
+		t.Errorf("CNI ADD, VI exists: %+v", f)
+	}
+	if f := figs[4]; f.Measured || !strings.Contains(f.Source, "not measured yet") {
+		t.Errorf("agent share (not in the output): %+v", f)
+	}
 	md := ControlPlaneMarkdown(figs)
-	for _, want := range []string{"| 1.20 ms | 2.41 ms | 2000 |", "| 566 µs | 687 µs | 20 |", "| 41.20 ms | 53.47 ms | 20 |"} {
+	for _, want := range []string{"| 1.20 ms | 2.41 ms | 2000 |", "| 566 µs | 687 µs | 20 |", "| 41.20 ms | 53.47 ms | 20 |", "| — | — | — | not measured yet"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
@@ -198,7 +205,7 @@ func TestWriteReportFiles(t *testing.T) {
 	if err == nil {
 		err = json.Unmarshal(j, &rep)
 	}
-	if err != nil || len(rep.ControlPlane) != 3 || rep.ControlPlane[0].P99us != 2412 {
+	if err != nil || len(rep.ControlPlane) != len(controlBenchmarks) || rep.ControlPlane[0].P99us != 2412 {
 		t.Fatalf("bench.json control plane: %v %+v", err, rep.ControlPlane)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "controlplane.md")); err != nil {

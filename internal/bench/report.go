@@ -177,9 +177,11 @@ const ControlPlaneFile = "controlplane.txt"
 // order, with the benchmark that measures each (name without the -GOMAXPROCS
 // suffix) and how to get it when it is missing.
 var controlBenchmarks = [...]struct{ what, bench, missing string }{
-	{"Allocate (kubelet → device plugin, checkpointed)", "BenchmarkAllocate/checkpoint", "run `go test -run '^$' -bench Allocate ./pkg/deviceplugin`"},
-	{"kubelet re-registration (new kubelet.sock → Register)", "BenchmarkKubeletReregister", "run `go test -run '^$' -bench KubeletReregister ./internal/bench`"},
-	{"CNI ADD → filters live (libcni → efvi-cni → agent → data plane)", "BenchmarkAddFiltersLive", "not measured yet: run `go test -run '^$' -bench AddFiltersLive ./cmd/cni` (root)"},
+	{"Allocate (kubelet → device plugin, checkpointed)", "BenchmarkAllocate/checkpoint", "not measured yet: run `go test -run '^$' -bench Allocate ./pkg/deviceplugin`"},
+	{"kubelet re-registration (new kubelet.sock → Register)", "BenchmarkKubeletReregister", "not measured yet: run `go test -run '^$' -bench KubeletReregister ./internal/bench`"},
+	{"CNI ADD → filters live, VI created by the ADD (libcni → efvi-cni → agent → data plane)", "BenchmarkAddFiltersLive/vi-created", "not measured yet: run `go test -run '^$' -bench AddFiltersLive ./cmd/cni` (root)"},
+	{"CNI ADD → filters live, VI already there", "BenchmarkAddFiltersLive/vi-exists", "not measured yet: run `go test -run '^$' -bench AddFiltersLive ./cmd/cni` (root)"},
+	{"CNI ADD, the agent's share (no exec, no gRPC to the agent)", "BenchmarkAgentAdd", "not measured yet: run `go test -run '^$' -bench AgentAdd ./cmd/cni` (root)"},
 }
 
 // ParseControlPlane picks the control-plane figures out of `go test -bench`

@@ -5,7 +5,7 @@ BIN := bin
 GOBIN_TOOLS := $(CURDIR)/$(BIN)/tools
 STATICCHECK_VERSION ?= v0.8.2
 LDFLAGS := -s -w
-CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni eflatency=./cmd/eflatency
+CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni efvi-install=./cmd/efvi-install efvictl=./cmd/efvictl eflatency=./cmd/eflatency efsink=./cmd/efsink efsend=./cmd/efsend
 
 .PHONY: help build test test-unit lint bench fuzz clean
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -88,6 +89,7 @@ func run() int {
 		cniSocket    = fs.String("cni-socket", cniapi.DefaultSocket, `agent API socket for efvi-cni, or "off"`)
 		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig for the API server (empty: in-cluster service account)")
 		nodeName     = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, else the hostname)")
+		hostUIDs     = fs.String("broker-host-uids", "", "comma-separated uids that may use allocation sockets from outside a pod (node tools); default: pods only")
 	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -148,7 +150,12 @@ func run() int {
 	defer stop()
 	// The software VI backend: data planes on software pools' ports and the
 	// per-allocation broker sockets that hand VIs to pods.
-	sw := softvi.New(softvi.Config{Logger: log})
+	uids, err := parseUIDs(*hostUIDs)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "efvi-agent: --broker-host-uids: %v\n", err)
+		return 2
+	}
+	sw := softvi.New(softvi.Config{Logger: log, HostUIDs: uids})
 	defer func() {
 		if err := sw.Close(); err != nil {
 			log.Error("detach software backend", "err", err)
@@ -215,4 +222,20 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// parseUIDs parses "0,1000" into uids.
+func parseUIDs(s string) ([]uint32, error) {
+	var out []uint32
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a uid (want e.g. 0,1000)", f)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
 }

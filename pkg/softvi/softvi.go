@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,9 +50,13 @@ type Config struct {
 	BrokerRoot string
 	// Registry indexes ports and allocations for the CNI side (created if nil).
 	Registry *viservice.Registry
-	// Authorizer checks each broker peer (default: KubepodsPeer).
+	// Authorizer checks each broker peer (default: KubepodsPeer, widened by
+	// HostUIDs).
 	Authorizer broker.Authorizer
-	Logger     *slog.Logger
+	// HostUIDs may use allocation sockets from outside a pod (tools run
+	// standalone on the node, e.g. efsink -socket ...). Empty: pods only.
+	HostUIDs []uint32
+	Logger   *slog.Logger
 }
 
 // Backend is the software VI backend.
@@ -85,7 +90,7 @@ func New(cfg Config) *Backend {
 		cfg.Registry = viservice.NewRegistry()
 	}
 	if cfg.Authorizer == nil {
-		cfg.Authorizer = KubepodsPeer{ProcRoot: "/proc"}
+		cfg.Authorizer = KubepodsPeer{ProcRoot: "/proc", HostUIDs: cfg.HostUIDs}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -293,10 +298,16 @@ func (b *Backend) Close() error {
 // The socket is only mounted into the allocation's container, so this is
 // defence in depth: a host process that found the socket is refused. It
 // needs the agent to see pod pids (hostPID), or SO_PEERCRED reports pid 0.
-type KubepodsPeer struct{ ProcRoot string }
+type KubepodsPeer struct {
+	ProcRoot string
+	HostUIDs []uint32 // also admitted from outside a pod (node tools)
+}
 
 // Authorize implements broker.Authorizer.
 func (k KubepodsPeer) Authorize(_ context.Context, p broker.Peer) error {
+	if slices.Contains(k.HostUIDs, p.UID) {
+		return nil
+	}
 	if p.PID <= 0 {
 		return broker.Errorf(syscall.EPERM, "peer pid unknown to the agent: run the agent with hostPID so it can check which pod connects")
 	}

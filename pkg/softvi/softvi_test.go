@@ -43,9 +43,13 @@ func TestKubepodsPeer(t *testing.T) {
 		t.Fatalf("pod peer refused: %v", err)
 	}
 	for _, pid := range []int32{0, 11, 12} {
-		if err := k.Authorize(context.Background(), broker.Peer{PID: pid}); err == nil {
+		if err := k.Authorize(context.Background(), broker.Peer{PID: pid, UID: 1000}); err == nil {
 			t.Errorf("peer pid %d accepted", pid)
 		}
+	}
+	k.HostUIDs = []uint32{1000}
+	if err := k.Authorize(context.Background(), broker.Peer{PID: 11, UID: 1000}); err != nil {
+		t.Errorf("host uid 1000 refused though allowed: %v", err)
 	}
 }
 

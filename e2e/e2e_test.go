@@ -152,6 +152,28 @@ while true; do if [ -S "$EFVI_SOCKET" ]; then s=SOCKET_OK; else s=SOCKET_MISSING
 
 func ptr[T any](v T) *T { return &v }
 
+// inUse sums the VIs that live pods on the node hold (allocatable does not
+// go down as pods take VIs; the scheduler subtracts requests).
+func (e *env) inUse(t *testing.T) int64 {
+	t.Helper()
+	pods, err := e.cs.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + e.node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		for _, c := range p.Spec.Containers {
+			if q, ok := c.Resources.Limits[e.resource]; ok {
+				n += q.Value()
+			}
+		}
+	}
+	return n
+}
+
 func (e *env) create(t *testing.T, p *corev1.Pod) {
 	t.Helper()
 	if _, err := e.cs.CoreV1().Pods(e.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
@@ -306,7 +328,10 @@ func TestPodGetsVI(t *testing.T) {
 // stays Pending (Insufficient <resource>), and runs once a VI is freed.
 func TestOutOfCapacityPending(t *testing.T) {
 	e := setup(t)
-	n := e.capacity(t)
+	n := e.capacity(t) - e.inUse(t)
+	if n <= 0 {
+		t.Fatalf("no free %s on %s to start from: other pods hold them all", e.resource, e.node)
+	}
 	e.create(t, e.viPod("all", n))
 	e.waitPod(t, "all", "Running", 2*time.Minute, running)
 	e.create(t, e.viPod("extra", 1))

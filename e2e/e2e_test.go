@@ -448,6 +448,37 @@ func TestKubeletRestart(t *testing.T) {
 	e.waitLog(t, "vi2", regexp.MustCompile(`SOCKET_OK`), 30*time.Second)
 }
 
+// TestVIPingPong: a pod runs eflatency pong on its VI (filter
+// udp:<pod IP>:8080 through the agent); a kernel UDP pinger in the fabric
+// namespace sends to the pod IP through the node port. Every round trip goes
+// fabric -> port XDP -> the pod's VI -> the pod's TX on the VI -> port ->
+// fabric, so the table only appears if both directions work. Needs the local
+// e2e cluster (the fabric netns on this host), root and E2E_EFLATENCY.
+func TestVIPingPong(t *testing.T) {
+	e := setup(t)
+	efl := os.Getenv("E2E_EFLATENCY")
+	if !e.localNode || os.Geteuid() != 0 || efl == "" {
+		t.Skip("SKIP: needs the local e2e cluster with its fabric netns, root and E2E_EFLATENCY (make e2e sets them)")
+	}
+	p := e.viPod("pong", 1)
+	p.Spec.Containers[0].Command = []string{"/usr/bin/eflatency", "pong", "-port", "8080"}
+	e.create(t, p)
+	p = e.waitPod(t, "pong", "Running", 2*time.Minute, running)
+	e.waitLog(t, "pong", regexp.MustCompile(`ready`), 30*time.Second)
+	// A broken path leaves the pinger waiting for replies: bound it.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", getenv("E2E_FABRIC_NS", "efvi-fabric"), efl, "ping",
+		"-dst", p.Status.PodIP+":8080", "-kernel", "-n", "2000", "-w", "200").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ping from the fabric to %s:8080: %v\n%s\npong log:\n%s", p.Status.PodIP, err, out, e.logs(t, "pong"))
+	}
+	if !regexp.MustCompile(`(?m)^mean_us`).Match(out) || !regexp.MustCompile(`(?m)^[0-9.]+\t[0-9.]+\t`).Match(out) {
+		t.Fatalf("no RTT table from the pinger:\n%s", out)
+	}
+	t.Logf("fabric -> VI -> fabric, kernel UDP pinger:\n%s", out)
+}
+
 // TestChartCNIInstallLifecycle (runs last: it upgrades the release): with
 // cni.install the init container appends efvi-cni to the node's conflist and
 // copies the binary; deleting the agent pod keeps both (preStop sees the

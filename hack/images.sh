@@ -6,7 +6,7 @@
 #   pause        the sandbox image of the e2e cluster
 source "$(dirname "$0")/lib.sh"
 TAG=${TAG:-dev}
-EXAMPLE_TOOLS=${EXAMPLE_TOOLS:-eflatency}   # add SDK tools here: one word each, from bin/<tool>
+EXAMPLE_TOOLS=${EXAMPLE_TOOLS:-eflatency efsink efsend}   # SDK tools for the example-app image: one word each, from bin/<tool>
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 mkdir -p "$OUT/images" "$OUT/e2e"
 CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/efvi-install ./cmd/efvi-install

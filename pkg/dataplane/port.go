@@ -388,12 +388,20 @@ func (netlinkOps) addVeth(name, peer string, mtu int) error {
 	return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: peer})
 }
 
-// disableIPv6 keeps the kernel from sending router solicitations and DAD
-// probes from a VI veth (they would count as spoofed TX).
+// disableIPv6 keeps the kernel from giving a VI veth an IPv6 link-local
+// address, so it sends no router solicitations or DAD probes from it (they
+// would count as spoofed TX). It sets the address generation mode to none
+// over netlink, before the link goes up, rather than writing
+// /proc/sys/net/ipv6/conf/<if>/disable_ipv6: /proc/sys is read-only in a
+// container without full privileges, and this keeps the agent's capability
+// set explicit.
 func (netlinkOps) disableIPv6(name string) error {
-	path := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
-	err := os.WriteFile(path, []byte("1"), 0o644)
-	if errors.Is(err, os.ErrNotExist) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	err = netlink.LinkSetIP6AddrGenMode(l, 1 /* IN6_ADDR_GEN_MODE_NONE */)
+	if errors.Is(err, unix.EAFNOSUPPORT) {
 		return nil // kernel without IPv6
 	}
 	return err

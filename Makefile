@@ -10,7 +10,7 @@ CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni efvi-install=./cmd/efv
 .PHONY: help build test test-unit lint bench fuzz clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## static binaries in bin/
 	@mkdir -p $(BIN)
@@ -79,7 +79,7 @@ e2e-down: ## uninstall, stop the local cluster, remove the fabric (root)
 e2e: ## e2e tests against the cluster from e2e-up (go test -tags e2e ./e2e/...)
 	hack/e2e-test.sh
 
-demo: build ## e2e-up, then a pod that gets a VI and prints its environment
+demo: build ## main job: local cluster + chart + a VI pong pod, pinged from the fabric: RTT table
 	hack/demo.sh
 
 demo-down: ## remove the demo pod, then e2e-down

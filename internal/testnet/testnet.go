@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -317,6 +318,19 @@ func (v Veth) AddAddr(cidr string) error {
 // it removed. Run it only when no test is running (e.g. before `go test`).
 func Sweep() ([]string, error) { return SweepPrefix(Prefix) }
 
+// removeNamedNS removes /run/netns/<name> whether or not it is still a
+// mount point (a killed process can leave a plain file behind).
+func removeNamedNS(name string) error {
+	p := filepath.Join("/run/netns", name)
+	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", p, err)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return nil
+}
+
 // SweepPrefix is Sweep limited to names that start with prefix.
 func SweepPrefix(prefix string) ([]string, error) {
 	var removed []string
@@ -327,7 +341,7 @@ func SweepPrefix(prefix string) ([]string, error) {
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
-			if err := netns.DeleteNamed(e.Name()); err != nil {
+			if err := removeNamedNS(e.Name()); err != nil {
 				errs = append(errs, err)
 				continue
 			}

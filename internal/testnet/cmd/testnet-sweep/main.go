@@ -20,7 +20,8 @@ func main() {
 		fmt.Println("removed", r)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "testnet-sweep:", err)
-		os.Exit(1)
+		// Names are unique, so a leftover that cannot be removed (e.g. a
+		// namespace still mounted elsewhere) cannot disturb new tests: warn.
+		fmt.Fprintln(os.Stderr, "testnet-sweep: warning: could not remove every leftover:", err)
 	}
 }

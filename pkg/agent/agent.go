@@ -180,6 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.openAllocator(ag); err != nil {
 		return err
 	}
+	defer a.alloc.Close() // early returns: stop the checkpoint writer
 	a.met = metrics.New(a.alloc.Stats)
 	for _, c := range a.opts.Collectors {
 		if err := a.met.Registry.Register(c); err != nil {
@@ -271,6 +272,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = httpSrv.Shutdown(sctx)
 		scancel()
+	}
+	if err := a.alloc.Close(); err != nil {
+		a.log.Error("final allocation checkpoint", "err", err)
 	}
 	a.log.Info("stopped")
 	return nil

@@ -185,8 +185,16 @@ pools:
 	if _, err := os.Stat(filepath.Join(host, "allocation.json")); err != nil {
 		t.Fatalf("allocation record: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(root, "state", "allocations.json")); err != nil {
-		t.Fatalf("checkpoint: %v", err)
+	// The checkpoint is written in the background, within milliseconds.
+	ckpt := filepath.Join(root, "state", "allocations.json")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, err := os.Stat(ckpt)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checkpoint: %v", err)
+		}
 	}
 
 	// Shrink the pool by a config reload: eth1-vi1 is no longer offered but

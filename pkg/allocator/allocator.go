@@ -168,6 +168,8 @@ type Allocator struct {
 	held map[string]map[string]string
 	// enc caches each allocation's checkpoint encoding (dropped on change).
 	enc map[string][]byte
+	// ckpt writes the checkpoint in the background (nil: memory only).
+	ckpt *checkpointer
 }
 
 type pool struct {
@@ -195,6 +197,7 @@ func New(opts Options) (*Allocator, error) {
 	if opts.CheckpointPath == "" {
 		return a, nil
 	}
+	a.ckpt = newCheckpointer(opts.CheckpointPath, log)
 	allocs, err := readCheckpoint(opts.CheckpointPath)
 	if err != nil {
 		return nil, err
@@ -544,10 +547,25 @@ func (a *Allocator) saveLocked() error {
 		}
 		encoded[i] = e
 	}
-	if err := writeEncoded(a.opts.CheckpointPath, encoded); err != nil {
-		return fmt.Errorf("save allocation checkpoint: %w", err)
-	}
+	a.ckpt.submit(encoded)
 	return nil
+}
+
+// Flush waits until the checkpoint holds every change made so far, and
+// reports the last write error.
+func (a *Allocator) Flush() error {
+	if a.ckpt == nil {
+		return nil
+	}
+	return a.ckpt.flush()
+}
+
+// Close writes the pending checkpoint and stops the background writer.
+func (a *Allocator) Close() error {
+	if a.ckpt == nil {
+		return nil
+	}
+	return a.ckpt.close()
 }
 
 func newID() string {

@@ -238,6 +238,9 @@ func TestCheckpointRestore(t *testing.T) {
 	if err := a.Release(al2.ID); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.Close(); err != nil { // the checkpoint is written in the background
+		t.Fatal(err)
+	}
 	st, err := os.Stat(path)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("checkpoint stat %v, %v", st, err)
@@ -252,6 +255,7 @@ func TestCheckpointRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { b.Close() })
 	b.SetPool(twoNUMAPool(Spread))
 	got := b.Allocations()
 	if len(got) != 1 || got[0].ID != al1.ID || !reflect.DeepEqual(got[0].Devices, al1.Devices) || !got[0].Created.Equal(al1.Created) {
@@ -370,6 +374,7 @@ func TestReconcilePodResources(t *testing.T) {
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "cp.json")
 	a, _ := New(Options{CheckpointPath: path})
+	t.Cleanup(func() { a.Close() })
 	a.SetPool(twoNUMAPool(Spread))
 
 	al, err := a.Allocate("fast", []string{"eth0-vi0", "eth0-vi1"})
@@ -420,6 +425,9 @@ func TestReconcilePodResources(t *testing.T) {
 	}
 
 	// Restart from the checkpoint, then pod A is deleted.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
 	a, err = New(Options{CheckpointPath: path})
 	if err != nil {
 		t.Fatal(err)

@@ -366,6 +366,7 @@ func benchmarkAllocate(b *testing.B, checkpoint bool) {
 		cp = filepath.Join(kubelettest.TempDir(b), "cp.json")
 	}
 	a, _ := allocator.New(allocator.Options{CheckpointPath: cp})
+	defer a.Close() // the background checkpoint writer
 	const slots = 1024
 	a.SetPool(allocator.PoolSpec{Name: "fast", Resource: "efvi.io/fast", Ports: []allocator.Port{{Name: "eth0", Capacity: slots, Healthy: true}}})
 	// The broker directories live in /run on a node, a tmpfs; /dev/shm is

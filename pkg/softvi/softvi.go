@@ -65,6 +65,10 @@ type Backend struct {
 	log  *slog.Logger
 	dirs agent.DirBroker
 
+	warmCtx    context.Context // background slot warming; cancelled by Close
+	stopWarm   context.CancelFunc
+	warmActive sync.WaitGroup
+
 	mu     sync.Mutex
 	planes map[string]*dataplane.Port // by port name
 	failed map[string]error           // ports whose data plane failed to open
@@ -95,8 +99,10 @@ func New(cfg Config) *Backend {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Backend{
 		cfg: cfg, log: cfg.Logger.With("component", "softvi"), dirs: agent.DirBroker{Root: cfg.BrokerRoot},
+		warmCtx: ctx, stopWarm: cancel,
 		planes: map[string]*dataplane.Port{}, failed: map[string]error{}, served: map[string]*served{},
 	}
 }
@@ -120,11 +126,37 @@ func (b *Backend) OnPoolPorts(pool config.Pool, ports []discovery.Port) {
 	if pool.Backend != config.Software {
 		return
 	}
-	for _, p := range ports {
-		if _, err := b.port(p.Name); err != nil {
-			b.log.Error("software data plane unavailable: the port's VI slots are Unhealthy", "pool", pool.Name, "port", p.Name, "err", err)
-		}
+	slots := make([]uint32, pool.VIsPerPort)
+	for i := range slots {
+		slots[i] = uint32(i)
 	}
+	for _, p := range ports {
+		vp, err := b.port(p.Name)
+		if err != nil {
+			b.log.Error("software data plane unavailable: the port's VI slots are Unhealthy", "pool", pool.Name, "port", p.Name, "err", err)
+			continue
+		}
+		// Create the slots' veths ahead of pods, off the CNI ADD path.
+		b.warm(vp, slots)
+	}
+}
+
+// warm prepares slot VIs in the background.
+func (b *Backend) warm(vp *viservice.Port, slots []uint32) {
+	if b.warmCtx.Err() != nil {
+		return
+	}
+	b.warmActive.Add(1)
+	go func() {
+		defer b.warmActive.Done()
+		n, err := vp.Warm(b.warmCtx, slots)
+		if err != nil && b.warmCtx.Err() == nil {
+			b.log.Error("preparing VI slots", "port", vp.Name, "err", err)
+		}
+		if n > 0 {
+			b.log.Debug("VI slots ready ahead of pods", "port", vp.Name, "created", n)
+		}
+	}()
 }
 
 // Healthy reports whether a port's data plane is up (agent seam).
@@ -175,6 +207,8 @@ func (b *Backend) openLocked(name string) (*viservice.Port, error) {
 	}
 	vp, err := viservice.NewPort(name, link.HardwareAddr, link.MTU, plane)
 	if err == nil {
+		// A retired slot gets a fresh VI in the background (see OnPoolPorts).
+		vp.Retired = func(slot uint32) { b.warm(vp, []uint32{slot}) }
 		err = vp.Persist(filepath.Join(b.cfg.StateDir, name+".json"))
 	}
 	if err != nil {
@@ -278,6 +312,8 @@ func (b *Backend) Release(ctx context.Context, pool, id string) error {
 
 // Close detaches from everything without freeing: the agent is exiting.
 func (b *Backend) Close() error {
+	b.stopWarm()
+	b.warmActive.Wait()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error

@@ -158,6 +158,10 @@ func (a *Allocation) ensureVI(ctx context.Context, slot uint32) (*dataplane.VI, 
 	port.mu.Lock()
 	defer port.mu.Unlock()
 	if v, ok := port.Plane.VI(slot); ok {
+		// A kept (warm) VI carries no sources: allow this pod's.
+		if err := v.SetSources(port.MAC, a.Policy().OwnIPs); err != nil {
+			return nil, fmt.Errorf("VI slot %d on %s: TX sources: %w", slot, port.Name, err)
+		}
 		return v, nil
 	}
 	v, err := port.Plane.CreateVI(ctx, dataplane.VIConfig{ID: slot, SrcMAC: port.MAC, SrcIPs: a.Policy().OwnIPs})
@@ -179,10 +183,27 @@ func (a *Allocation) destroyIfIdle(slot uint32) error {
 	if err := a.Port.removeOwner(filter.VIID(slot)); err != nil {
 		return err
 	}
-	a.Port.mu.Lock()
-	defer a.Port.mu.Unlock()
-	if err := a.Port.Plane.DestroyVI(slot); err != nil {
+	return a.Port.retire(slot)
+}
+
+// retire destroys a slot's data-plane VI (which revokes any socket still
+// bound to it) and tells Retired, so a fresh one can be prepared.
+func (p *Port) retire(slot uint32) error {
+	p.mu.Lock()
+	_, ok := p.Plane.VI(slot)
+	var err error
+	if ok {
+		err = p.Plane.DestroyVI(slot)
+	}
+	p.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("destroy VI slot %d: %w", slot, err)
+	}
+	if p.Retired != nil {
+		p.Retired(slot)
 	}
 	return nil
 }
@@ -224,13 +245,9 @@ func (a *Allocation) Release() error {
 		if err := a.Port.removeOwner(filter.VIID(s)); err != nil {
 			errs = append(errs, err)
 		}
-		a.Port.mu.Lock()
-		if _, ok := a.Port.Plane.VI(s); ok {
-			if err := a.Port.Plane.DestroyVI(s); err != nil {
-				errs = append(errs, fmt.Errorf("destroy VI slot %d: %w", s, err))
-			}
+		if err := a.Port.retire(s); err != nil {
+			errs = append(errs, err)
 		}
-		a.Port.mu.Unlock()
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("release allocation %v: %w", a.Devices, err)

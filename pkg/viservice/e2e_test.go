@@ -457,3 +457,53 @@ func TestAttachmentLifecycle(t *testing.T) {
 		t.Fatalf("after DEL the kernel got %q, %v; want after-0", buf[:m], err)
 	}
 }
+
+// TestWarmSlotVIs: Warm prepares slot VIs with no allowed sources; a CNI
+// attachment uses one; when it goes the VI is destroyed (revoking any socket
+// still bound to it) and Retired lets a fresh one be prepared.
+func TestWarmSlotVIs(t *testing.T) {
+	n := newNode(t, 236)
+	var retired []uint32
+	n.port.Retired = func(slot uint32) {
+		retired = append(retired, slot)
+		if _, err := n.port.Warm(context.Background(), []uint32{slot}); err != nil {
+			t.Errorf("re-warm slot %d: %v", slot, err)
+		}
+	}
+	if k, err := n.port.Warm(context.Background(), []uint32{2, 3}); err != nil || k != 2 {
+		t.Fatalf("warm: %d, %v", k, err)
+	}
+	if k, _ := n.port.Warm(context.Background(), []uint32{2, 3}); k != 0 {
+		t.Fatalf("warm twice created %d more", k)
+	}
+	old, _ := n.plane.VI(3)
+	if _, ips := old.Sources(); len(ips) != 0 {
+		t.Fatalf("a warm VI allows sources %v before any pod", ips)
+	}
+	spec, _ := filter.Parse("udp:" + n.topo.PortIP.String() + ":5000")
+	if _, err := n.alloc.Attach(context.Background(), "c/eth0", []filter.Spec{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := n.plane.VI(3); v != old {
+		t.Fatal("attach did not use the warm VI")
+	}
+	if _, ips := old.Sources(); len(ips) != 1 || ips[0] != n.topo.PortIP {
+		t.Fatalf("sources %v after attach, want the pod's IP", ips)
+	}
+	if err := n.alloc.DetachFilters("c/eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if len(retired) != 1 || retired[0] != 3 {
+		t.Fatalf("retired %v, want [3]", retired)
+	}
+	fresh, ok := n.plane.VI(3)
+	if !ok || fresh == old || fresh.PeerIfindex() == old.PeerIfindex() {
+		t.Fatalf("slot 3 after DEL: %v (old %v): want a fresh VI", fresh, old)
+	}
+	if _, ips := fresh.Sources(); len(ips) != 0 {
+		t.Fatalf("the fresh VI allows sources %v", ips)
+	}
+	if f := n.port.Filters(); len(f) != 0 {
+		t.Fatalf("filters %v left after DEL", f)
+	}
+}

@@ -71,6 +71,14 @@ type Port struct {
 	MTU   int
 	Plane DataPlane
 
+	// Retired, if set, is called (without locks held) after an idle slot's
+	// VI was destroyed. The software backend re-creates a fresh VI for the
+	// slot in the background (Warm), so the next pod's CNI ADD does not pay
+	// for a veth pair and its XDP programs. A VI is never handed from one
+	// pod to the next: destroying the veth is what revokes the old pod's
+	// socket (an AF_XDP socket stays bound while any process holds its fd).
+	Retired func(slot uint32)
+
 	mu          sync.Mutex // serialises table, attachments and data-plane changes
 	table       *filter.Table
 	attachments map[string][]AttachedFilter
@@ -102,6 +110,32 @@ func NewPort(name string, mac net.HardwareAddr, mtu int, plane DataPlane) (*Port
 
 // Filters lists the port's filter table.
 func (p *Port) Filters() []filter.Entry { return p.table.List() }
+
+// Warm creates the data-plane VIs of slots that have none, with no allowed
+// TX sources, so a pod's CNI ADD finds its VI ready. It stops at ctx's end
+// and returns how many it created.
+func (p *Port) Warm(ctx context.Context, slots []uint32) (int, error) {
+	n := 0
+	for _, s := range slots {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		p.mu.Lock()
+		_, ok := p.Plane.VI(s)
+		var err error
+		if !ok {
+			_, err = p.Plane.CreateVI(ctx, dataplane.VIConfig{ID: s, SrcMAC: p.MAC})
+		}
+		p.mu.Unlock()
+		if err != nil {
+			return n, fmt.Errorf("warm VI slot %d on %s: %w", s, p.Name, err)
+		}
+		if !ok {
+			n++
+		}
+	}
+	return n, nil
+}
 
 // Persist makes the port keep its filter table and attachments in path (JSON,
 // replaced atomically on every change) and restores them from it if it

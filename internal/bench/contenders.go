@@ -2,20 +2,13 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
-
-	"github.com/kube-efvi/kube-efvi/pkg/xsk"
-	"github.com/kube-efvi/kube-efvi/pkg/xsk/xsktest"
 )
 
 // Contender names, as they appear in the table.
@@ -126,12 +119,7 @@ func (k *kernelUDP) Close() error { return unix.Close(k.fd) }
 // program on the port that redirects every IPv4 frame to it: what a team
 // would write by hand without kube-efvi. Its rings match a VI's defaults.
 type rawXSK struct {
-	mem   *os.File
-	sock  *xsk.Socket
-	rings *xsk.Rings
-	xsks  *ebpf.Map
-	prog  *ebpf.Program
-	link  link.Link
+	*rawSocket
 }
 
 const (
@@ -142,81 +130,16 @@ const (
 
 // NewRawXSK attaches the redirect program to the port and binds a socket to
 // its queue 0. Nothing else may own the port's XDP hook meanwhile.
-func NewRawXSK(topo *Topology) (c Contender, err error) {
-	r := &rawXSK{}
-	defer func() {
-		if err != nil {
-			r.Close()
-		}
-	}()
-	u := xsk.UMEMConfig{NumFrames: rawFrames}
-	if r.mem, err = xsk.NewMemfd("efvi-bench-raw", u.Size()); err != nil {
-		return nil, fmt.Errorf("raw XSK memory: %w", err)
+func NewRawXSK(topo *Topology) (Contender, error) {
+	rs, err := openRawSocket(rawSocketConfig{name: "raw", ifindex: topo.Port.Index, ifname: topo.Port.Name,
+		frames: rawFrames, rx: rawRx, tx: rawTx})
+	if err != nil {
+		return nil, fmt.Errorf("raw AF_XDP: %w", err)
 	}
-	if r.xsks, err = ebpf.NewMap(&ebpf.MapSpec{Name: "efvb_raw", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
-		return nil, fmt.Errorf("raw xskmap: %w", err)
-	}
-	if r.prog, err = xsktest.RedirectProgram(r.xsks); err != nil {
-		return nil, fmt.Errorf("raw XDP program: %w", err)
-	}
-	if r.sock, err = xsk.Create(xsk.Config{Ifindex: topo.Port.Index, UMEM: u, Mem: r.mem,
-		RxSize: rawRx, FillSize: rawRx, TxSize: rawTx, CompSize: rawTx}); err != nil {
-		return nil, fmt.Errorf("raw XSK on %s queue 0: %w", topo.Port.Name, err)
-	}
-	if r.rings, err = xsk.Map(int(r.sock.FD.Fd()), int(r.mem.Fd()), r.sock.Geometry); err != nil {
-		return nil, fmt.Errorf("map raw XSK: %w", err)
-	}
-	if err = r.xsks.Put(uint32(0), uint32(r.sock.FD.Fd())); err != nil {
-		return nil, fmt.Errorf("raw xskmap[0]: %w", err)
-	}
-	if err = r.fillAll(); err != nil {
-		return nil, err
-	}
-	if r.link, err = link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: topo.Port.Index}); err != nil {
-		return nil, fmt.Errorf("attach XDP redirect to %s (is the data plane still there?): %w", topo.Port.Name, err)
-	}
-	return r, nil
+	return &rawXSK{rs}, nil
 }
 
 func (r *rawXSK) Name() string { return NameRawXDP }
-
-func (r *rawXSK) Close() error {
-	var errs []error
-	if r.link != nil {
-		errs = append(errs, r.link.Close())
-	}
-	if r.rings != nil {
-		errs = append(errs, r.rings.Close())
-	}
-	if r.sock != nil {
-		errs = append(errs, r.sock.Close())
-	}
-	if r.prog != nil {
-		errs = append(errs, r.prog.Close())
-	}
-	if r.xsks != nil {
-		errs = append(errs, r.xsks.Close())
-	}
-	if r.mem != nil {
-		errs = append(errs, r.mem.Close())
-	}
-	return errors.Join(errs...)
-}
-
-// fillAll posts rawRx chunks (0..rawRx-1) once. These chunks then circulate
-// (fill → RX → [TX → completion] → fill), so the fill ring can always take
-// back every one of them.
-func (r *rawXSK) fillAll() error {
-	idx, ok := r.rings.Fill.Reserve(rawRx)
-	if !ok {
-		return errors.New("raw XSK fill ring: cannot reserve every RX chunk")
-	}
-	for i := uint32(0); i < rawRx; i++ {
-		r.rings.Fill.Set(idx+i, uint64(i)*chunk)
-	}
-	r.rings.Fill.Submit()
-	return nil
-}
 
 // Echo: RX descriptors are swapped in place and put on the TX ring as they
 // are (zero copy), one kick per batch; completions go back to the fill ring.

@@ -5,16 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
 	"github.com/kube-efvi/kube-efvi/pkg/xsk"
-	"github.com/kube-efvi/kube-efvi/pkg/xsk/xsktest"
 )
 
 // Generator geometry: the first genRx chunks of its UMEM are RX buffers
@@ -34,12 +30,7 @@ const (
 // src to dst with the port's MAC as destination, and receives whatever IPv4
 // comes back. One goroutine drives it; its data path makes no allocation.
 type Generator struct {
-	mem    *os.File
-	sock   *xsk.Socket
-	rings  *xsk.Rings
-	xsks   *ebpf.Map
-	prog   *ebpf.Program
-	link   link.Link
+	*rawSocket
 	flow   frame.UDPFlow
 	txFree []uint64 // free TX chunk addresses (stack)
 	// Timeout bounds one Ping.
@@ -53,50 +44,10 @@ func NewGenerator(topo *Topology, srcPort uint16, dst netip.AddrPort) (g *Genera
 	g = &Generator{Timeout: 2 * time.Second,
 		flow: frame.UDPFlow{SrcMAC: frame.MAC(topo.Wire.MAC), DstMAC: frame.MAC(topo.Port.MAC),
 			Src: netip.AddrPortFrom(topo.FabricIP, srcPort), Dst: dst}}
-	defer func() {
-		if err != nil {
-			g.Close()
-			g = nil
-		}
-	}()
-	u := xsk.UMEMConfig{NumFrames: genFrames}
-	if g.mem, err = xsk.NewMemfd("efvi-bench-gen", u.Size()); err != nil {
-		return nil, fmt.Errorf("generator memory: %w", err)
+	if g.rawSocket, err = openRawSocket(rawSocketConfig{name: "gen", ns: topo.Fabric, ifindex: topo.Wire.Index,
+		ifname: topo.Wire.Name, frames: genFrames, rx: genRx, tx: genTx, txBudget: 256}); err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
 	}
-	if g.xsks, err = ebpf.NewMap(&ebpf.MapSpec{Name: "efvb_gen", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
-		return nil, fmt.Errorf("generator xskmap: %w", err)
-	}
-	if g.prog, err = xsktest.RedirectProgram(g.xsks); err != nil {
-		return nil, fmt.Errorf("generator XDP program: %w", err)
-	}
-	if err = topo.Fabric.Do(func() error {
-		var err error
-		g.sock, err = xsk.Create(xsk.Config{Ifindex: topo.Wire.Index, UMEM: u, Mem: g.mem,
-			RxSize: genRx, TxSize: genTx, FillSize: genRx, CompSize: genTx, TxBudget: 256})
-		if err != nil {
-			return fmt.Errorf("generator socket on %s: %w", topo.Wire.Name, err)
-		}
-		if g.link, err = link.AttachXDP(link.XDPOptions{Program: g.prog, Interface: topo.Wire.Index}); err != nil {
-			return fmt.Errorf("attach XDP redirect to %s: %w", topo.Wire.Name, err)
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if g.rings, err = xsk.Map(int(g.sock.FD.Fd()), int(g.mem.Fd()), g.sock.Geometry); err != nil {
-		return nil, fmt.Errorf("map generator rings: %w", err)
-	}
-	if err = g.xsks.Put(uint32(0), uint32(g.sock.FD.Fd())); err != nil {
-		return nil, fmt.Errorf("generator xskmap[0]: %w", err)
-	}
-	idx, ok := g.rings.Fill.Reserve(genRx)
-	if !ok {
-		return nil, errors.New("generator fill ring: cannot reserve every RX chunk")
-	}
-	for i := uint32(0); i < genRx; i++ {
-		g.rings.Fill.Set(idx+i, uint64(i)*chunk)
-	}
-	g.rings.Fill.Submit()
 	g.txFree = make([]uint64, 0, genTx)
 	for i := uint32(genRx); i < genFrames; i++ {
 		g.txFree = append(g.txFree, uint64(i)*chunk)
@@ -106,26 +57,10 @@ func NewGenerator(topo *Topology, srcPort uint16, dst netip.AddrPort) (g *Genera
 
 // Close detaches the program and frees the socket and its memory.
 func (g *Generator) Close() error {
-	var errs []error
-	if g.link != nil {
-		errs = append(errs, g.link.Close())
+	if g.rawSocket == nil {
+		return nil
 	}
-	if g.rings != nil {
-		errs = append(errs, g.rings.Close())
-	}
-	if g.sock != nil {
-		errs = append(errs, g.sock.Close())
-	}
-	if g.prog != nil {
-		errs = append(errs, g.prog.Close())
-	}
-	if g.xsks != nil {
-		errs = append(errs, g.xsks.Close())
-	}
-	if g.mem != nil {
-		errs = append(errs, g.mem.Close())
-	}
-	return errors.Join(errs...)
+	return g.rawSocket.Close()
 }
 
 // reap returns completed TX chunks to the free list.

@@ -370,30 +370,7 @@ func TestAgentRestartKeepsPod(t *testing.T) {
 	e.create(t, e.viPod("vi", 1))
 	before := e.waitPod(t, "vi", "Running", 2*time.Minute, running)
 	e.waitLog(t, "vi", regexp.MustCompile(`SOCKET_OK`), 30*time.Second)
-	ctx := context.Background()
-	agents, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
-	if err != nil || len(agents.Items) == 0 {
-		t.Fatalf("no agent pod in %s: %v", e.agentNS, err)
-	}
-	old := agents.Items[0]
-	if err := e.cs.CoreV1().Pods(e.agentNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		l, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
-		if err != nil {
-			return false, nil
-		}
-		for _, p := range l.Items {
-			if p.UID != old.UID && running(&p) {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("no new agent pod Running after deleting %s", old.Name)
-	}
+	e.restartAgent(t, nil)
 	e.capacity(t)
 	time.Sleep(2 * time.Second)
 	after := e.waitPod(t, "vi", "Running", 10*time.Second, running)
@@ -559,4 +536,38 @@ func TestChartCNIInstallLifecycle(t *testing.T) {
 
 func execOut(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).CombinedOutput()
+}
+
+// restartAgent deletes the agent pod, runs during (if set) right after the
+// delete, and waits for a new agent pod to be Running.
+func (e *env) restartAgent(t *testing.T, during func()) {
+	t.Helper()
+	ctx := context.Background()
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"}
+	agents, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, sel)
+	if err != nil || len(agents.Items) == 0 {
+		t.Fatalf("no agent pod in %s: %v", e.agentNS, err)
+	}
+	old := agents.Items[0]
+	if err := e.cs.CoreV1().Pods(e.agentNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if during != nil {
+		during()
+	}
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, sel)
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range l.Items {
+			if p.UID != old.UID && running(&p) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no new agent pod Running after deleting %s", old.Name)
+	}
 }

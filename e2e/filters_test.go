@@ -192,32 +192,8 @@ func TestVIFlowsAcrossAgentRestart(t *testing.T) {
 		}
 	}
 	ping("before")
-	ctx := context.Background()
-	agents, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
-	if err != nil || len(agents.Items) == 0 {
-		t.Fatalf("no agent pod in %s: %v", e.agentNS, err)
-	}
-	old := agents.Items[0]
-	if err := e.cs.CoreV1().Pods(e.agentNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	// While the agent is away and after the new one re-adopts the data
 	// plane, the VI keeps answering.
-	ping("during")
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		l, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
-		if err != nil {
-			return false, nil
-		}
-		for _, a := range l.Items {
-			if a.UID != old.UID && running(&a) {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("no new agent pod Running after deleting %s", old.Name)
-	}
+	e.restartAgent(t, func() { ping("during") })
 	ping("after")
 }

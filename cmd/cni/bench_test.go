@@ -28,7 +28,7 @@ func BenchmarkAddFiltersLive(b *testing.B) {
 			name = "vi-exists"
 		}
 		b.Run(name, func(b *testing.B) {
-			n := newNode(b, 244)
+			n := newNode(b)
 			p := n.newPod("bench", "p", 3, []string{n.topo.PortIP.String() + "/24"}, "udp:5000 tcp:8080")
 			if warm {
 				if err := p.alloc.SetPolicy(filter.Policy{OwnIPs: []netip.Addr{n.topo.PortIP}}); err != nil {
@@ -65,7 +65,7 @@ func BenchmarkAddFiltersLive(b *testing.B) {
 // BenchmarkAgentAdd is the agent's share of ADD (no exec, no gRPC to the
 // agent): PodResources over gRPC, the record, the VI and its filters.
 func BenchmarkAgentAdd(b *testing.B) {
-	n := newNode(b, 245)
+	n := newNode(b)
 	p := n.newPod("bench", "p", 3, []string{n.topo.PortIP.String() + "/24"}, "udp:5000 tcp:8080")
 	att := &cniapi.Attachment{Network: netName, ContainerID: p.rt.ContainerID, IfName: "eth0", PodNamespace: "bench", PodName: "p",
 		PodUID: p.uid, IPs: []netip.Addr{n.topo.PortIP}}

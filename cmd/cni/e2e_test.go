@@ -184,24 +184,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newNode(t testing.TB, subnet uint8) *node {
+func newNode(t testing.TB) *node {
 	t.Helper()
 	testnet.RequireRoot(t)
 	bin := buildPlugins(t)
-	topo := bench.NewTopology(t, subnet)
-	if err := dataplane.EnsureBPFFS(dataplane.DefaultBPFFS); err != nil {
-		t.Fatal(err)
-	}
-	if err := topo.Fabric.Do(func() error {
-		c, err := dataplane.AttachPassXDP(topo.Wire.Index)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	topo := bench.NewTopology(t)
+	topo.PrepareDataPlane(t)
 	dir := t.TempDir()
 	n := &node{t: t, topo: topo, binDir: bin,
 		kubelet: &fakeKubelet{}, pods: &fakePods{pods: map[string]*corev1.Pod{}}, events: &fakeEvents{},
@@ -425,7 +413,7 @@ func rx(t *testing.T, n *node, slot uint32) uint64 {
 // TestChainLifecycle drives the real plugin binary through libcni as a
 // runtime would, against the real agent pieces and data plane.
 func TestChainLifecycle(t *testing.T) {
-	n := newNode(t, 241)
+	n := newNode(t)
 	podIP := n.topo.PortIP.String()
 	fab := udpSocket(t, n.topo.Fabric, n.topo.FabricIP, 6001)
 	kern := udpSocket(t, nil, netip.IPv4Unspecified(), 5000)
@@ -533,7 +521,7 @@ func TestChainLifecycle(t *testing.T) {
 
 // TestChainGCAndStatus covers CNI 1.1 GC and STATUS.
 func TestChainGCAndStatus(t *testing.T) {
-	n := newNode(t, 242)
+	n := newNode(t)
 	ip := n.topo.PortIP.String()
 	keep := n.newPod("ns1", "keep", 2, []string{ip + "/24", "fd00:242::1/64"}, "udp:5000")
 	drop := n.newPod("ns1", "drop", 3, []string{"10.242.0.8/24"}, "udp:7000")
@@ -591,7 +579,7 @@ func TestChainGCAndStatus(t *testing.T) {
 
 // TestChainBadInput: malformed stdin, netconf and annotation get clear errors.
 func TestChainBadInput(t *testing.T) {
-	n := newNode(t, 243)
+	n := newNode(t)
 	ip := n.topo.PortIP.String()
 	bad := n.newPod("ns1", "bad", 2, []string{ip + "/24"}, "udp:5000;udp:notaport")
 	_, err := n.add(bad)

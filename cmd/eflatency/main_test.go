@@ -14,7 +14,7 @@ import (
 // backend, and pings it with a kernel UDP socket from the fabric namespace,
 // as `make demo` does in a cluster.
 func TestPongOverVI(t *testing.T) {
-	topo := bench.NewTopology(t, 235)
+	topo := bench.NewTopology(t)
 	agent := agenttest.Start(t, topo, "eflatency")
 	alloc := agent.Alloc
 	t.Setenv("EFVI_SOCKET", agent.Socket)

@@ -24,7 +24,7 @@ import (
 // socket joined, with the right size, count and sequence numbers.
 func TestSendToFabric(t *testing.T) {
 	testnet.RequireRoot(t)
-	topo := bench.NewTopology(t, 238)
+	topo := bench.NewTopology(t)
 	ag := agenttest.Start(t, topo, "efsend")
 	t.Setenv("EFVI_SOCKET", ag.Socket)
 	wireMAC := fmt.Sprintf("%x", topo.Wire.MAC)

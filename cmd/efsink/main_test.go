@@ -25,7 +25,7 @@ import (
 // exactly what was sent, per filter.
 func TestSinkReceivesFromFabric(t *testing.T) {
 	testnet.RequireRoot(t)
-	topo := bench.NewTopology(t, 236)
+	topo := bench.NewTopology(t)
 	ag := agenttest.Start(t, topo, "efsink")
 	t.Setenv("EFVI_SOCKET", ag.Socket)
 
@@ -104,7 +104,7 @@ func TestSinkReceivesFromFabric(t *testing.T) {
 // TestSinkWaitMode: blocking mode (VI.Wait) receives too, with rate lines.
 func TestSinkWaitMode(t *testing.T) {
 	testnet.RequireRoot(t)
-	topo := bench.NewTopology(t, 237)
+	topo := bench.NewTopology(t)
 	ag := agenttest.Start(t, topo, "efsinkw")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -84,7 +84,7 @@ type agent struct {
 }
 
 func newAgent(t *testing.T) *agent {
-	topo := bench.NewTopology(t, 243)
+	topo := bench.NewTopology(t)
 	if err := dataplane.EnsureBPFFS(dataplane.DefaultBPFFS); err != nil {
 		t.Fatal(err)
 	}

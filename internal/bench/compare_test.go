@@ -17,7 +17,7 @@ import (
 // port's address with swapped MACs, and a short flood must be counted
 // (something received, never more than was sent).
 func TestContendersEcho(t *testing.T) {
-	topo := NewTopology(t, 212)
+	topo := NewTopology(t)
 	g, err := NewGenerator(topo, GenPort, echoAddr(topo))
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func echoAddr(topo *Topology) netip.AddrPort { return netip.AddrPortFrom(topo.Po
 // TestVIEchoLoopAllocs asserts the VI echo loop (and the generator) make no
 // allocation per packet: one round trip driven inline, under AllocsPerRun.
 func TestVIEchoLoopAllocs(t *testing.T) {
-	topo := NewTopology(t, 213)
+	topo := NewTopology(t)
 	g, vi := viPair(t, topo)
 	rt := roundTrip(t, g, vi)
 	for i := 0; i < 100; i++ { // warm: ARP-free path, ring state
@@ -83,7 +83,7 @@ func TestVIEchoLoopAllocs(t *testing.T) {
 // inline by the same goroutine as the generator: allocs/op is the echo
 // loop's (and the generator's) allocations per packet.
 func BenchmarkVIPollLoop(b *testing.B) {
-	topo := NewTopology(b, 214)
+	topo := NewTopology(b)
 	g, vi := viPair(b, topo)
 	rt := roundTrip(b, g, vi)
 	for i := 0; i < 100; i++ {
@@ -150,7 +150,7 @@ func roundTrip(tb testing.TB, g *Generator, vi *viRig) func() {
 // use -benchtime 1x). It logs the Markdown table, reports every figure as a
 // metric and, with BENCH_OUT set, writes bench.md and bench.json there.
 func BenchmarkCompare(b *testing.B) {
-	topo := NewTopology(b, 215)
+	topo := NewTopology(b)
 	o := DefaultOptions()
 	o.Log = b.Logf
 	results, err := Compare(context.Background(), topo, o)

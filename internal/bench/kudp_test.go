@@ -10,7 +10,7 @@ import (
 // TestKernelUDPRoundTrip checks the kernel baselines work at all: real
 // datagrams cross the topology and come back, for both reader kinds.
 func TestKernelUDPRoundTrip(t *testing.T) {
-	topo := NewTopology(t, 211)
+	topo := NewTopology(t)
 	for _, spin := range []bool{true, false} {
 		lat := kernelUDPRTT(t, topo, spin, 10, 200)
 		if lat.N != 200 || lat.Min <= 0 || lat.P99 < lat.P50 {

@@ -51,23 +51,10 @@ type node struct {
 	vi     *broker.VI
 }
 
-func newNode(t *testing.T, subnet uint8) *node {
+func newNode(t *testing.T) *node {
 	t.Helper()
-	topo := bench.NewTopology(t, subnet)
-	if err := dataplane.EnsureBPFFS(dataplane.DefaultBPFFS); err != nil {
-		t.Fatal(err)
-	}
-	// Redirected TX into a veth vanishes unless the receiving end has XDP.
-	if err := topo.Fabric.Do(func() error {
-		c, err := dataplane.AttachPassXDP(topo.Wire.Index)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	topo := bench.NewTopology(t)
+	topo.PrepareDataPlane(t)
 	dir := t.TempDir()
 	plane, err := dataplane.Open(context.Background(), dataplane.PortConfig{
 		Ifname: topo.Port.Name, PinDir: filepath.Join(dataplane.DefaultBPFFS, "efvt-ins-"+randHex(4)), VethPrefix: "ei" + randHex(2),
@@ -203,7 +190,7 @@ func (n *node) waitStats(t *testing.T, target string, ok func(introspect.VIStats
 // no-descriptor drops, the filter hits and the Prometheus counters move;
 // ports, VIs and filters are described; unknown targets get clear errors.
 func TestCountersAndDiagnostics(t *testing.T) {
-	n := newNode(t, 241)
+	n := newNode(t)
 	ctx := context.Background()
 	if _, err := n.broker.FilterAdd(ctx, n.vi.ID, "udp:5000", 0); err != nil {
 		t.Fatal(err)
@@ -383,7 +370,7 @@ func readPcap(b []byte) (linktype uint32, recs []pcapRecord, err error) {
 // for the VI) and TX (frames the VI sends, through its TX program) into a
 // pcap and checks it against what was sent.
 func TestCapturePcap(t *testing.T) {
-	n := newNode(t, 242)
+	n := newNode(t)
 	ctx := context.Background()
 	if _, err := n.broker.FilterAdd(ctx, n.vi.ID, "udp:6000", 0); err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func TestKubepodsPeer(t *testing.T) {
 // and hands out a working VI, Release frees it, and Close leaves pins for
 // the next agent.
 func TestBackendServesAllocations(t *testing.T) {
-	topo := bench.NewTopology(t, 234)
+	topo := bench.NewTopology(t)
 	dir, err := os.MkdirTemp("", "efsv")
 	if err != nil {
 		t.Fatal(err)

@@ -150,7 +150,9 @@ func podMain() error {
 				}
 				return vi.Transmit(mem.Addr(rxBufs+i), n, efvi.RqID(rxBufs+i))
 			}
-			spoof := netip.AddrPortFrom(netip.MustParseAddr(strings.Replace(info.Addrs[0].String(), ".1", ".99", 1)), 5000)
+			b4 := info.Addrs[0].As4()
+			b4[3] = 99 // a neighbour's address: not the pod's
+			spoof := netip.AddrPortFrom(netip.AddrFrom4(b4), 5000)
 			if err := send(0, spoof, got[0], "spoof"); err != nil {
 				return err
 			}

@@ -51,23 +51,10 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newNode(t *testing.T, subnet uint8) *node {
+func newNode(t *testing.T) *node {
 	t.Helper()
-	topo := bench.NewTopology(t, subnet)
-	if err := dataplane.EnsureBPFFS(dataplane.DefaultBPFFS); err != nil {
-		t.Fatal(err)
-	}
-	// Redirected TX into a veth vanishes unless the receiving end has XDP.
-	if err := topo.Fabric.Do(func() error {
-		c, err := dataplane.AttachPassXDP(topo.Wire.Index)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	topo := bench.NewTopology(t)
+	topo.PrepareDataPlane(t)
 	dir, err := os.MkdirTemp("", "efvs")
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +283,7 @@ func expectNothing(t *testing.T, c *net.UDPConn, what string) {
 // capabilities that allocates a VI through the broker, steals a UDP flow,
 // answers through the VI, cannot spoof, and whose exit frees everything.
 func TestUnprivilegedPodUsesVI(t *testing.T) {
-	n := newNode(t, 231)
+	n := newNode(t)
 	fab := fabricSocket(t, n, 6001)
 	kern := kernelSocket(t, n.topo.PortIP, 5000)
 	c := startChild(t, n)
@@ -365,7 +352,7 @@ func TestUnprivilegedPodUsesVI(t *testing.T) {
 // TestAgentRestartKeepsVIFlowing restarts the agent side under a running
 // pod: the VI keeps receiving, and the new agent knows its filter.
 func TestAgentRestartKeepsVIFlowing(t *testing.T) {
-	n := newNode(t, 232)
+	n := newNode(t)
 	fab := fabricSocket(t, n, 6001)
 	c := startChild(t, n)
 	c.expect("READY")
@@ -404,7 +391,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // slot before the pod opens its VI steer traffic to the slot, CHECK notices a
 // filter removed behind its back, DEL is idempotent and frees the slot.
 func TestAttachmentLifecycle(t *testing.T) {
-	n := newNode(t, 233)
+	n := newNode(t)
 	fab := fabricSocket(t, n, 6001)
 	kern := kernelSocket(t, n.topo.PortIP, 5000)
 	spec, err := filter.Parse("udp:" + n.topo.PortIP.String() + ":5000")
@@ -462,7 +449,7 @@ func TestAttachmentLifecycle(t *testing.T) {
 // attachment uses one; when it goes the VI is destroyed (revoking any socket
 // still bound to it) and Retired lets a fresh one be prepared.
 func TestWarmSlotVIs(t *testing.T) {
-	n := newNode(t, 236)
+	n := newNode(t)
 	var retired []uint32
 	n.port.Retired = func(slot uint32) {
 		retired = append(retired, slot)

@@ -34,15 +34,7 @@ type Agent struct {
 // when t ends. name keeps pinned paths apart between tests.
 func Start(t testing.TB, topo *bench.Topology, name string) *Agent {
 	t.Helper()
-	if err := topo.Fabric.Do(func() error {
-		c, err := dataplane.AttachPassXDP(topo.Wire.Index)
-		if err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	topo.PrepareDataPlane(t)
 	dir, err := os.MkdirTemp("", name)
 	if err != nil {
 		t.Fatal(err)

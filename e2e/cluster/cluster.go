@@ -16,7 +16,7 @@
 // the etcd data. Logs of every component stay in Options.WorkDir/logs so CI
 // can print them on failure.
 //
-// Gotchas of these machines (see ../../../shared/reference/local-cluster):
+// Gotchas of these machines:
 // root lacks CAP_SYS_RESOURCE (containerd needs restrict_oom_score_adj);
 // cgroups are hybrid v1 (mount the missing v1 controllers; Kubernetes 1.35+
 // refuses v1); the module proxy has every staging module only for a few

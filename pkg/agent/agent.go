@@ -11,7 +11,7 @@
 //     data plane as failed (its slots then advertise Unhealthy).
 //
 // Pools: the config's pools, or — when it defines none — one hardware pool
-// per Solarflare port, named after the interface (ARCHITECTURE decision 7).
+// per Solarflare port, named after the interface (docs/architecture.md, "Names").
 // A port belongs to at most one pool (the first that selects it). A hardware
 // pool with no Solarflare port, or without /dev/sfc_char, is a reported
 // status (log, efvi_pool_ports, Unhealthy or zero devices), never a crash.

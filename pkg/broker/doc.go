@@ -1,5 +1,6 @@
 // Package broker is the per-allocation unix-socket protocol through which the
-// node agent hands a pod its VI as file descriptors (ARCHITECTURE decision 2).
+// node agent hands a pod its VI as file descriptors (docs/architecture.md,
+// "The VI is passed to the pod, not shared with it").
 // The pod's SDK is the client ([Dial], [Client]); the agent is the server
 // ([Listen], [Server]) and supplies the resources through a [Session] per
 // connection. The model is Solarflare's cluster daemon: ef_pd_alloc_by_name

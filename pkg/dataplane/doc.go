@@ -1,8 +1,9 @@
 // Package dataplane is the agent-side software data plane of kube-efvi: it
 // gives one netdev (the "port", standing in for a Solarflare port) ef_vi
 // filter semantics with XDP, and gives each VI a veth pair whose peer end
-// carries the VI's AF_XDP socket (ARCHITECTURE.md decision 4). Programs are
-// generated with cilium/ebpf's asm package; there is no C and no clang.
+// carries the VI's AF_XDP socket (docs/architecture.md, "Software backend").
+// Programs are generated with cilium/ebpf's asm package; there is no C and no
+// clang.
 //
 // # Objects
 //

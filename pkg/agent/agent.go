@@ -155,6 +155,9 @@ func (a *Agent) loadConfig() (*config.Config, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", a.opts.ConfigPath, err)
 	}
+	if c.ImplicitVersion() {
+		a.log.Info("config file has no version field: read as "+config.Version+"; add `version: "+config.Version+"` to it", "config", a.opts.ConfigPath)
+	}
 	if a.opts.Override != nil {
 		a.opts.Override(&c.Agent)
 		if err := c.Validate(); err != nil {

@@ -10,11 +10,17 @@
 //
 // A minimal file:
 //
+//	version: v1
 //	pools:
 //	- name: fast
 //	  backend: software
 //	  selector: {interfaces: [eth1]}
 //	  visPerPort: 8
+//
+// The top-level version field names the schema ([Version]). A file of a
+// version this agent does not read is refused, with the supported list; a
+// file without the field (written before it existed) is read as v1 and the
+// agent logs a note asking for it.
 //
 // Reload semantics (see [Watcher]): a new file replaces the pool set, but
 // allocations survive. A pool whose capacity shrinks keeps the slots already
@@ -84,6 +90,10 @@ const (
 
 // Config is the whole file.
 type Config struct {
+	// Version is the schema version (see version.go); empty means v1.
+	Version         string `json:"version,omitempty"`
+	implicitVersion bool
+
 	Agent Agent  `json:"agent,omitempty"`
 	Pools []Pool `json:"pools,omitempty"`
 }
@@ -209,9 +219,17 @@ func Parse(data []byte) (*Config, error) {
 	}
 	var c Config
 	if len(bytes.TrimSpace(data)) > 0 {
+		implicit, err := checkVersion(data)
+		if err != nil {
+			return nil, err
+		}
+		c.implicitVersion = implicit
 		if err := yaml.UnmarshalStrict(data, &c); err != nil {
 			return nil, fmt.Errorf("decode: %w (field names are case-sensitive; see the package doc for the schema)", err)
 		}
+	}
+	if c.Version == "" {
+		c.Version = Version
 	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {

@@ -219,6 +219,10 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("pools: [{name: x, backend: software, visPerPort: 3, selector: {macs: ['00:00:00:00:00:01']}}]"))
 	f.Add([]byte("{\"pools\": null}"))
 	f.Add([]byte("&a [*a]"))
+	f.Add([]byte("version: v1\npools: [{name: a, backend: hardware}]\n"))
+	f.Add([]byte("version: v2\n"))
+	f.Add([]byte("version: 1\n"))
+	f.Add([]byte("version: [v1]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
@@ -245,6 +249,7 @@ func FuzzParseConfig(f *testing.F) {
 // normalize maps empty maps/slices to nil (omitempty drops them).
 func normalize(c *Config) *Config {
 	cc := *c
+	cc.implicitVersion = false // a re-parse of the marshalled config has the field
 	cc.Pools = append([]Pool(nil), c.Pools...)
 	if len(cc.Pools) == 0 {
 		cc.Pools = nil

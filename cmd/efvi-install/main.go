@@ -46,6 +46,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kube-efvi/kube-efvi/internal/atomicfile"
 )
 
 const usage = `efvi-install: install or remove kube-efvi's chained CNI plugin on this node.
@@ -375,28 +377,10 @@ func writeAtomic(p string, b []byte) error {
 	return writeFile(p, b, mode)
 }
 
-// writeFile writes via a temp file (a name no CNI loader reads: its
-// extension is .tmp-*) that is synced and renamed over p.
+// writeFile replaces p durably through a temp file in the same directory (a
+// name no CNI loader reads: its extension is .tmp-*).
 func writeFile(p string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), p)
-	}
-	if err != nil {
+	if err := atomicfile.Write(p, b, mode, true); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kube-efvi/kube-efvi/internal/atomicfile"
 	"github.com/kube-efvi/kube-efvi/internal/image"
 )
 
@@ -54,7 +55,7 @@ func (c *Cluster) hostSetup(ctx context.Context) error {
 	if err := os.MkdirAll(c.o.CNIConfDir, 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(c.o.CNIConfDir, ConflistName), []byte(Conflist()), 0o644)
+	return atomicfile.Write(filepath.Join(c.o.CNIConfDir, ConflistName), []byte(Conflist()), 0o644, false)
 }
 
 // Conflist is the node's CNI network: bridge + host-local + portmap. The

@@ -106,9 +106,3 @@ func readCheckpoint(path string) ([]Allocation, error) {
 	}
 	return allocs, nil
 }
-
-// WriteFileAtomic replaces path with data durably (fsync of the file and
-// its directory): a crash or power loss leaves the old or the new content.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return atomicfile.Write(path, data, perm, true)
-}

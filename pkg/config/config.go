@@ -392,13 +392,3 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// PoolByName returns the pool called name.
-func (c *Config) PoolByName(name string) (Pool, bool) {
-	for _, p := range c.Pools {
-		if p.Name == name {
-			return p, true
-		}
-	}
-	return Pool{}, false
-}

@@ -93,15 +93,3 @@ func (r *Registry) ByDevice(device string) (id string, a *Allocation, ok bool) {
 	}
 	return id, r.allocs[id], true
 }
-
-// IDs lists the registered allocation ids, sorted.
-func (r *Registry) IDs() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ids := make([]string, 0, len(r.allocs))
-	for id := range r.allocs {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}

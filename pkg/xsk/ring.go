@@ -70,11 +70,6 @@ func (r *prodRing) Pending() uint32 { return r.cachedProd - atomic.LoadUint32(r.
 // Submit publishes every reserved slot to the kernel (release store).
 func (r *prodRing) Submit() { atomic.StoreUint32(r.producer, r.cachedProd) }
 
-// Outstanding returns how many submitted entries the kernel has not consumed.
-func (r *prodRing) Outstanding() uint32 {
-	return atomic.LoadUint32(r.producer) - atomic.LoadUint32(r.consumer)
-}
-
 // consRing is the index logic of a ring we consume from (RX, completion).
 type consRing struct{ ring }
 

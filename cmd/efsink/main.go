@@ -35,7 +35,7 @@ the pod's IP):
   udp|tcp:[mcastloop-rx,][vid=N,]host:port[,rhost:rport]   e.g. udp:5000, udp:239.1.2.3:5000
   eth:[vid=N,]mac   ethertype:0x88f7   ipproto:17
   unicast-all  multicast-all  unicast-mis  multicast-mis
-  sniff:[promisc|no-promisc]  tx-sniff  block-kernel[-unicast|-multicast]
+  sniff:[promisc|no-promisc]  block-kernel[-unicast|-multicast]
 
 Options:
 `

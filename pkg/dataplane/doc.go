@@ -54,7 +54,7 @@
 //     not copied. Non-promiscuous sniff skips PACKET_OTHERHOST frames;
 //     promiscuous includes them but does not put the netdev in promiscuous
 //     mode. The kernel may move a VLAN tag to skb metadata before the clone.
-//     tx-sniff is EOPNOTSUPP.
+//     tx-sniff is EOPNOTSUPP (the filter grammar refuses it too).
 //   - Counters per VI (PERCPU_ARRAY): rx_* count every frame reaching v<N>p
 //     (steal, replicate, sniff); rx_redirect_errors counts stolen frames the
 //     port could not redirect (no devmap entry for the VI). XSK ring-full drops

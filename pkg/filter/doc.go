@@ -58,8 +58,11 @@
 // # Text grammar (Grammar)
 //
 // efsink's grammar, extended so that every valid Spec prints and parses back
-// (Parse(s.String()) == s): options (mcastloop-rx, exclusive-rxq, shared-rxq,
-// vid=N) may follow the colon of any kind; eth takes an optional
+// (Parse(s.String()) == s), except tx-sniff: the model keeps it
+// (SetTxPortSniff) but Parse refuses "tx-sniff" with EOPNOTSUPP, because no
+// data plane delivers a port's TX copies and the grammar must not accept what
+// the data plane refuses. Otherwise: options (mcastloop-rx, exclusive-rxq,
+// shared-rxq, vid=N) may follow the colon of any kind; eth takes an optional
 // ",ipproto=P" or ",ethertype=T" (MAC+ip_proto, MAC+ethertype); ethertype,
 // ipproto and mismatch take vid=N. Bare "sniff" means promiscuous (efsink's
 // default); String prints "sniff:promisc" or "sniff:no-promisc". IPv6 hosts

@@ -15,7 +15,7 @@ import (
 // String prints them in this order.
 const Grammar = `udp|tcp:[OPTS,]host:port[,rhost:rport] | eth:[OPTS,]mac[,ipproto=P|ethertype=T] | ` +
 	`ethertype:[OPTS,]T | ipproto:[OPTS,]P | unicast-all | multicast-all | unicast-mis | multicast-mis | ` +
-	`sniff[:promisc|no-promisc] | tx-sniff | block-kernel | block-kernel-unicast | block-kernel-multicast; ` +
+	`sniff[:promisc|no-promisc] | block-kernel | block-kernel-unicast | block-kernel-multicast; ` +
 	`OPTS: mcastloop-rx, exclusive-rxq, shared-rxq, vid=N (any kind may take OPTS after a colon, e.g. unicast-mis:vid=5)`
 
 func kindUsage(kind string) string {
@@ -108,7 +108,12 @@ func parse(text string, defHost netip.Addr) (Spec, error) {
 	p := &parser{text: text, kind: kind}
 	switch kind {
 	case "udp", "tcp", "eth", "ethertype", "ipproto", "unicast-all", "multicast-all", "unicast-mis",
-		"multicast-mis", "sniff", "tx-sniff", "block-kernel", "block-kernel-unicast", "block-kernel-multicast":
+		"multicast-mis", "sniff", "block-kernel", "block-kernel-unicast", "block-kernel-multicast":
+	case "tx-sniff":
+		// The model keeps ef_filter_spec_set_tx_port_sniff (Spec.SetTxPortSniff),
+		// but no backend delivers a port's TX copies, so the grammar refuses it
+		// rather than accept what the data plane would refuse.
+		return Spec{}, newError(syscall.EOPNOTSUPP, text, "tx-sniff (copies of the port's TX traffic) is not supported by kube-efvi's data plane; use sniff for copies of its RX traffic, or efvictl capture to see a VI's TX")
 	case "":
 		return Spec{}, newError(syscall.EINVAL, text, "empty filter spec; expected %s", Grammar)
 	default:
@@ -209,8 +214,6 @@ func parse(text string, defHost netip.Addr) (Spec, error) {
 			err = s.SetUnicastMismatch()
 		case "multicast-mis":
 			err = s.SetMulticastMismatch()
-		case "tx-sniff":
-			err = s.SetTxPortSniff()
 		case "block-kernel":
 			err = s.SetBlockKernel()
 		case "block-kernel-unicast":

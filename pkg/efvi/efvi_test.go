@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -426,17 +430,8 @@ func TestSoftwareEvents(t *testing.T) {
 		t.Fatalf("got %d distinct SW events, want 100", len(got))
 	}
 	// Wait wakes on EventQPut from another goroutine.
-	done := make(chan error, 1)
-	go func() { done <- vi.Wait(10 * time.Second) }()
-	time.Sleep(20 * time.Millisecond)
-	if err := vi.EventQPut(7); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Wait: %v", err)
-	}
-	if n := vi.EventQPoll(evs); n != 1 || evs[0].SWData() != 7 {
-		t.Fatalf("after wake: %d %+v", n, evs[0])
+	if got := waitWakes(t, vi, func() error { return vi.EventQPut(7) }); len(got) != 1 || got[0].SWData() != 7 {
+		t.Fatalf("after wake: %+v", got)
 	}
 	full := 0
 	for i := 0; i < 10; i++ {
@@ -460,19 +455,84 @@ func TestWait(t *testing.T) {
 		t.Fatalf("Wait on idle VI: %v, want ErrTimeout", err)
 	}
 	u := tp.ListenUDP(t, 0)
-	done := make(chan error, 1)
-	go func() { done <- vi.Wait(10 * time.Second) }()
-	time.Sleep(20 * time.Millisecond)
-	if err := tp.SendTo(u, 9000, []byte("wake")); err != nil {
+	if got := waitWakes(t, vi, func() error { return tp.SendTo(u, 9000, []byte("wake")) }); len(got) != 1 || got[0].Type != efvi.EventRX {
+		t.Fatalf("after Wait: %+v", got)
+	}
+}
+
+// waitWakes checks that vi.Wait blocks until wake has been called and then
+// returns with an event ready. Wait runs in its own goroutine, the VI's only
+// driver until it returns. The order is enforced, not slept for: that
+// goroutine first checks that no event is ready; wake is called only once a
+// thread of this process is blocked in ppoll(2) (only VI.Wait uses it here)
+// and Wait has not returned; the goroutine records whether wake had been
+// called when Wait returned. So a Wait that returns early, or never blocks,
+// fails. It returns the events ready after Wait.
+func waitWakes(t *testing.T, vi *efvi.VI, wake func() error) []efvi.Event {
+	t.Helper()
+	type result struct {
+		err       error
+		afterWake bool
+		evs       []efvi.Event
+	}
+	var woken atomic.Bool
+	readyBefore := make(chan bool)
+	done := make(chan result, 1)
+	go func() {
+		readyBefore <- vi.EventQHasEvent()
+		err := vi.Wait(10 * time.Second)
+		r := result{err: err, afterWake: woken.Load()}
+		evs := make([]efvi.Event, 8)
+		r.evs = evs[:vi.EventQPoll(evs)]
+		done <- r
+	}()
+	if <-readyBefore {
+		t.Fatal("an event was ready before the wake-up: the test proves nothing")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !blockedInPpoll(t); {
+		if time.Now().After(deadline) {
+			t.Fatal("Wait never blocked in ppoll(2) within 10 s")
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("Wait returned (%v, events %+v) before blocking and before the wake-up", r.err, r.evs)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	woken.Store(true)
+	if err := wake(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("Wait: %v", err)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Wait: %v", r.err)
 	}
-	evs := make([]efvi.Event, 4)
-	if n := vi.EventQPoll(evs); n != 1 || evs[0].Type != efvi.EventRX {
-		t.Fatalf("after Wait: %d events %+v", n, evs[:n])
+	if !r.afterWake {
+		t.Fatalf("Wait returned before the wake-up (events then: %+v)", r.evs)
 	}
+	if len(r.evs) == 0 {
+		t.Fatal("Wait returned nil with no event ready")
+	}
+	return r.evs
+}
+
+// blockedInPpoll reports whether a thread of this process is in ppoll(2).
+func blockedInPpoll(t *testing.T) bool {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/syscall")
+		if err != nil {
+			continue // the thread ended
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 && f[0] == strconv.Itoa(unix.SYS_PPOLL) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestNoDescriptorDrops(t *testing.T) {
@@ -567,18 +627,8 @@ func TestReset(t *testing.T) {
 func TestWaitSeesReset(t *testing.T) {
 	tp := xsktest.New(t)
 	vi := newVI(t, tp, agentCfg{}, efvi.Options{IdleKickEvery: -1})
-	done := make(chan error, 1)
-	go func() { done <- vi.Wait(10 * time.Second) }()
-	time.Sleep(20 * time.Millisecond)
-	if err := testnet.DeleteLink(tp.Port); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Wait: %v, want nil (RESET ready)", err)
-	}
-	evs := make([]efvi.Event, 2)
-	if n := vi.EventQPoll(evs); n != 1 || evs[0].Type != efvi.EventReset {
-		t.Fatalf("%d %+v, want RESET", n, evs[0])
+	if got := waitWakes(t, vi, func() error { return testnet.DeleteLink(tp.Port) }); len(got) != 1 || got[0].Type != efvi.EventReset {
+		t.Fatalf("%+v, want RESET", got)
 	}
 }
 

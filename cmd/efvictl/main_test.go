@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -197,10 +198,32 @@ func TestCommandsOnRealDataPlane(t *testing.T) {
 		code := run(ctx, []string{"-socket", a.socket, "capture", a.device, "-w", pcap, "-c", fmt.Sprint(n), "-timeout", "30s"}, &out, &errOut)
 		capDone <- fmt.Sprintf("%d %s", code, errOut.String())
 	}()
-	// Wait until the switch is on (the ports view lists it): a hang guard.
+	// Send only once the capture switch is on (the ports view lists the VI
+	// as capturing); a capture that ends first, or a switch that is not on by
+	// the hang guard's deadline, fails the test.
+	capturing := func() bool {
+		var ports []introspect.PortInfo
+		out := a.efvictl(t, ctx, "ports", "-o", "json")
+		if err := json.Unmarshal([]byte(out), &ports); err != nil {
+			t.Fatalf("ports JSON %q: %v", out, err)
+		}
+		for _, p := range ports {
+			if slices.Contains(p.Capturing, a.device) {
+				return true
+			}
+		}
+		return false
+	}
 	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(a.efvictl(t, ctx, "ports"), a.device) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	for !capturing() {
+		if time.Now().After(deadline) {
+			t.Fatalf("capture switch of %s not on after 15 s:\n%s", a.device, a.efvictl(t, ctx, "ports"))
+		}
+		select {
+		case res := <-capDone:
+			t.Fatalf("capture ended before its switch was seen on: %s", res)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 	a.send(t, payloads...)
 	res := <-capDone

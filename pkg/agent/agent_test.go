@@ -122,30 +122,23 @@ pools:
 	}
 	defer stop()
 
-	// Both pools register; the hardware one has no Solarflare port.
-	regs := map[string]string{}
-	for range 2 {
-		r := k.WaitRegistration()
-		regs[r.Req.ResourceName] = r.Req.Endpoint
-	}
-	if regs["efvi.io/fast"] != "efvi-fast.sock" || regs["efvi.io/nic"] != "efvi-nic.sock" {
-		t.Fatalf("registrations %v", regs)
+	// The steps share the agent and build on each other: a failed step ends
+	// the test.
+	step := func(name string, f func(t *testing.T)) {
+		t.Helper()
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
 	}
 	ctxT, cancelT := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancelT()
-	nicStream, err := k.Client(regs["efvi.io/nic"]).ListAndWatch(ctxT, &pluginapi.Empty{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r, err := nicStream.Recv(); err != nil || len(r.Devices) != 0 {
-		t.Fatalf("hardware pool without Solarflare ports advertised %v, %v", r, err)
-	}
-	c := k.Client(regs["efvi.io/fast"])
-	stream, err := c.ListAndWatch(ctxT, &pluginapi.Empty{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	recv := func() map[string]string {
+	var (
+		regs   = map[string]string{}
+		c      pluginapi.DevicePluginClient
+		stream pluginapi.DevicePlugin_ListAndWatchClient
+		host   string // the first allocation's broker dir
+	)
+	recv := func(t *testing.T) map[string]string {
 		t.Helper()
 		r, err := stream.Recv()
 		if err != nil {
@@ -157,132 +150,164 @@ pools:
 		}
 		return m
 	}
-	if got := recv(); len(got) != 4 || got["eth2-vi1"] != "Healthy" {
-		t.Fatalf("initial devices %v", got)
-	}
 
-	// Link down on eth2, announced by a (fake) netlink event.
-	tree.SetLink("eth2", false)
-	events.Fire()
-	if got := recv(); got["eth2-vi0"] != "Unhealthy" || got["eth1-vi0"] != "Healthy" {
-		t.Fatalf("after eth2 down: %v", got)
-	}
-	tree.SetLink("eth2", true)
-	events.Fire()
-	if got := recv(); got["eth2-vi0"] != "Healthy" {
-		t.Fatalf("after eth2 up: %v", got)
-	}
-
-	// Allocate: a broker dir per allocation, checkpointed.
-	resp, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := resp.ContainerResponses[0].Mounts[0].HostPath
-	if !strings.HasPrefix(host, filepath.Join(root, "run", "alloc", "fast")+"/") {
-		t.Fatalf("broker dir %s", host)
-	}
-	if _, err := os.Stat(filepath.Join(host, "allocation.json")); err != nil {
-		t.Fatalf("allocation record: %v", err)
-	}
-	// The checkpoint is written in the background, within milliseconds.
-	ckpt := filepath.Join(root, "state", "allocations.json")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		_, err := os.Stat(ckpt)
-		if err == nil {
-			break
+	step("both pools register, the hardware one empty", func(t *testing.T) {
+		for range 2 {
+			r := k.WaitRegistration()
+			regs[r.Req.ResourceName] = r.Req.Endpoint
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("checkpoint: %v", err)
+		if regs["efvi.io/fast"] != "efvi-fast.sock" || regs["efvi.io/nic"] != "efvi-nic.sock" {
+			t.Fatalf("registrations %v", regs)
 		}
-	}
-
-	// Shrink the pool by a config reload: eth1-vi1 is no longer offered but
-	// its allocation stays.
-	writeConfig(t, cfgPath, cfgBody(1))
-	if got := recv(); len(got) != 2 || got["eth1-vi1"] != "" {
-		t.Fatalf("after shrink: %v", got)
-	}
-	if n := len(a.alloc.Allocations()); n != 1 {
-		t.Fatalf("allocations after shrink: %d", n)
-	}
-
-	// Metrics over HTTP.
-	addr := a.MetricsAddr(ctxT)
-	res, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	for _, want := range []string{
-		`efvi_vis_capacity{pool="fast",port="eth1"} 1`,
-		`efvi_vis_allocated{pool="fast",port="eth1"} 1`,
-		`efvi_vis_healthy{pool="fast",port="eth2"} 1`,
-		`efvi_pool_ports{pool="nic"} 0`,
-		`efvi_kubelet_registrations_total{pool="fast",result="ok"}`,
-		`efvi_allocations_total{pool="fast",result="ok"} 1`,
-		`efvi_config_reloads_total{result="ok"} 1`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+		nicStream, err := k.Client(regs["efvi.io/nic"]).ListAndWatch(ctxT, &pluginapi.Empty{})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-
-	// The pod is deleted: the kubelet hands eth1-vi0 ... and after grow-back
-	// eth1-vi1 to a new pod; PodResources no longer lists the old pod, so
-	// the reclaim frees the old allocation and its broker dir.
-	writeConfig(t, cfgPath, cfgBody(2))
-	if got := recv(); len(got) != 4 {
-		t.Fatalf("after grow: %v", got)
-	}
-	_, err = c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
-	if err != nil {
-		t.Fatalf("re-allocation after the pod went away: %v", err)
-	}
-	if _, err := os.Stat(host); !os.IsNotExist(err) {
-		t.Fatalf("old broker dir still there: %v", err)
-	}
-	// Now the kubelet reports the new pod holding it: a third request for the
-	// same slot is refused.
-	pr.mu.Lock()
-	pr.held = []allocator.Held{{Resource: "efvi.io/fast", Device: "eth1-vi1", Owner: allocator.Owner{Namespace: "ns", Pod: "new", Container: "c"}}}
-	pr.mu.Unlock()
-	if _, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}}); err == nil {
-		t.Fatal("slot held by a live pod issued twice")
-	}
-
-	hookMu.Lock()
-	if hooked["fast"] != 2 || hooked["nic"] != 0 {
-		t.Errorf("OnPoolPorts saw %v", hooked)
-	}
-	hookMu.Unlock()
-	if !strings.Contains(logs.String(), "no Solarflare interfaces") {
-		t.Errorf("no clear 'no Solarflare interfaces' status in the logs:\n%s", logs.String())
-	}
-
-	// Graceful shutdown removes the plugin sockets.
-	stop()
-	for _, s := range []string{"efvi-fast.sock", "efvi-nic.sock"} {
-		if _, err := os.Stat(filepath.Join(pluginDir, s)); !os.IsNotExist(err) {
-			t.Errorf("%s after shutdown: %v", s, err)
+		if r, err := nicStream.Recv(); err != nil || len(r.Devices) != 0 {
+			t.Fatalf("hardware pool without Solarflare ports advertised %v, %v", r, err)
 		}
-	}
+		c = k.Client(regs["efvi.io/fast"])
+		if stream, err = c.ListAndWatch(ctxT, &pluginapi.Empty{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(t); len(got) != 4 || got["eth2-vi1"] != "Healthy" {
+			t.Fatalf("initial devices %v", got)
+		}
+	})
 
-	// Restart the agent on the same state: the allocation is restored.
-	a2 := New(Options{ConfigPath: cfgPath, SysfsRoot: tree.Root, DevFS: fstest.MapFS{}, Events: sysfstest.NewEvents(), PodResources: pr})
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	done2 := make(chan error)
-	go func() { done2 <- a2.Run(ctx2) }()
-	k.WaitRegistration()
-	k.WaitRegistration()
-	if n := len(a2.alloc.Allocations()); n != 1 {
-		t.Errorf("allocations after agent restart: %d, want 1", n)
-	}
-	cancel2()
-	if err := <-done2; err != nil {
-		t.Fatal(err)
-	}
+	step("link down and up change health", func(t *testing.T) {
+		// Announced by a (fake) netlink event.
+		tree.SetLink("eth2", false)
+		events.Fire()
+		if got := recv(t); got["eth2-vi0"] != "Unhealthy" || got["eth1-vi0"] != "Healthy" {
+			t.Fatalf("after eth2 down: %v", got)
+		}
+		tree.SetLink("eth2", true)
+		events.Fire()
+		if got := recv(t); got["eth2-vi0"] != "Healthy" {
+			t.Fatalf("after eth2 up: %v", got)
+		}
+	})
+
+	step("allocate makes a broker dir and a checkpoint", func(t *testing.T) {
+		resp, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		host = resp.ContainerResponses[0].Mounts[0].HostPath
+		if !strings.HasPrefix(host, filepath.Join(root, "run", "alloc", "fast")+"/") {
+			t.Fatalf("broker dir %s", host)
+		}
+		if _, err := os.Stat(filepath.Join(host, "allocation.json")); err != nil {
+			t.Fatalf("allocation record: %v", err)
+		}
+		// The checkpoint is written in the background, within milliseconds.
+		ckpt := filepath.Join(root, "state", "allocations.json")
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			_, err := os.Stat(ckpt)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("checkpoint: %v", err)
+			}
+		}
+	})
+
+	step("a reload shrinks the pool and keeps the allocation", func(t *testing.T) {
+		// eth1-vi1 is no longer offered but its allocation stays.
+		writeConfig(t, cfgPath, cfgBody(1))
+		if got := recv(t); len(got) != 2 || got["eth1-vi1"] != "" {
+			t.Fatalf("after shrink: %v", got)
+		}
+		if n := len(a.alloc.Allocations()); n != 1 {
+			t.Fatalf("allocations after shrink: %d", n)
+		}
+	})
+
+	step("metrics over HTTP", func(t *testing.T) {
+		addr := a.MetricsAddr(ctxT)
+		res, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		for _, want := range []string{
+			`efvi_vis_capacity{pool="fast",port="eth1"} 1`,
+			`efvi_vis_allocated{pool="fast",port="eth1"} 1`,
+			`efvi_vis_healthy{pool="fast",port="eth2"} 1`,
+			`efvi_pool_ports{pool="nic"} 0`,
+			`efvi_kubelet_registrations_total{pool="fast",result="ok"}`,
+			`efvi_allocations_total{pool="fast",result="ok"} 1`,
+			`efvi_config_reloads_total{result="ok"} 1`,
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+	})
+
+	step("a gone pod's slot is reclaimed, a live pod's is refused", func(t *testing.T) {
+		// The pod is deleted: after grow-back the kubelet hands eth1-vi1 to a
+		// new pod; PodResources no longer lists the old pod, so the reclaim
+		// frees the old allocation and its broker dir.
+		writeConfig(t, cfgPath, cfgBody(2))
+		if got := recv(t); len(got) != 4 {
+			t.Fatalf("after grow: %v", got)
+		}
+		_, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
+		if err != nil {
+			t.Fatalf("re-allocation after the pod went away: %v", err)
+		}
+		if _, err := os.Stat(host); !os.IsNotExist(err) {
+			t.Fatalf("old broker dir still there: %v", err)
+		}
+		// Now the kubelet reports the new pod holding it: a third request for
+		// the same slot is refused.
+		pr.mu.Lock()
+		pr.held = []allocator.Held{{Resource: "efvi.io/fast", Device: "eth1-vi1", Owner: allocator.Owner{Namespace: "ns", Pod: "new", Container: "c"}}}
+		pr.mu.Unlock()
+		if _, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}}); err == nil {
+			t.Fatal("slot held by a live pod issued twice")
+		}
+	})
+
+	step("pool hooks and status log", func(t *testing.T) {
+		hookMu.Lock()
+		if hooked["fast"] != 2 || hooked["nic"] != 0 {
+			t.Errorf("OnPoolPorts saw %v", hooked)
+		}
+		hookMu.Unlock()
+		if !strings.Contains(logs.String(), "no Solarflare interfaces") {
+			t.Errorf("no clear 'no Solarflare interfaces' status in the logs:\n%s", logs.String())
+		}
+	})
+
+	step("graceful shutdown removes the plugin sockets", func(t *testing.T) {
+		stop()
+		for _, s := range []string{"efvi-fast.sock", "efvi-nic.sock"} {
+			if _, err := os.Stat(filepath.Join(pluginDir, s)); !os.IsNotExist(err) {
+				t.Errorf("%s after shutdown: %v", s, err)
+			}
+		}
+	})
+
+	step("a restart on the same state restores the allocation", func(t *testing.T) {
+		a2 := New(Options{ConfigPath: cfgPath, SysfsRoot: tree.Root, DevFS: fstest.MapFS{}, Events: sysfstest.NewEvents(), PodResources: pr})
+		ctx2, cancel2 := context.WithCancel(context.Background())
+		done2 := make(chan error)
+		go func() { done2 <- a2.Run(ctx2) }()
+		k.WaitRegistration()
+		k.WaitRegistration()
+		if n := len(a2.alloc.Allocations()); n != 1 {
+			t.Errorf("allocations after agent restart: %d, want 1", n)
+		}
+		cancel2()
+		if err := <-done2; err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func TestAgentBadConfig(t *testing.T) {

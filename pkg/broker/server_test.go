@@ -9,11 +9,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
 
@@ -655,7 +655,9 @@ func TestNoLeaks(t *testing.T) {
 	dial(t, warm.path).Close()
 	warm.stop()
 
-	fds0, g0 := countFDs(t), runtime.NumGoroutine()
+	// Goroutines alive now (the test runner's, the warm-up's leftovers) are
+	// the baseline; goleak names every other one still running at the end.
+	fds0, baseline := countFDs(t), goleak.IgnoreCurrent()
 	func() {
 		ts := startServer(t, func(c *Config) { c.MaxConns = 8 })
 		ctx := context.Background()
@@ -693,15 +695,11 @@ func TestNoLeaks(t *testing.T) {
 	if fds1 := countFDs(t); fds1 != fds0 {
 		t.Errorf("fd leak: %d open before, %d after", fds0, fds1)
 	}
-	deadline := time.Now().Add(waitFor)
-	for runtime.NumGoroutine() > g0 && time.Now().Before(deadline) {
-		runtime.Gosched()
-		time.Sleep(time.Millisecond)
+	// Goroutines that end on their own get until waitFor (each Find retries
+	// for a while itself); VerifyNone then names any still running.
+	for deadline := time.Now().Add(waitFor); goleak.Find(baseline) != nil && time.Now().Before(deadline); {
 	}
-	if g1 := runtime.NumGoroutine(); g1 > g0 {
-		buf := make([]byte, 1<<16)
-		t.Errorf("goroutine leak: %d before, %d after\n%s", g0, g1, buf[:runtime.Stack(buf, true)])
-	}
+	goleak.VerifyNone(t, baseline)
 }
 
 // badSession returns fds together with errors, or the wrong number of fds.

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -204,7 +205,7 @@ func (w *Watch) Run(ctx context.Context) error {
 			log.Error("port scan failed; retrying on the next link event or resync", "err", err)
 			return
 		}
-		if !first && equalPorts(ports, last) {
+		if !first && slices.Equal(ports, last) {
 			return
 		}
 		first = false
@@ -257,16 +258,4 @@ func (w *Watch) Run(ctx context.Context) error {
 			scan()
 		}
 	}
-}
-
-func equalPorts(a, b []Port) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -76,8 +76,8 @@ type Backend struct {
 	// healthMu guards failed apart from mu, which is held while a data
 	// plane loads: health questions (asked under the agent's lock) never wait.
 	healthMu sync.Mutex
-	failed   map[string]error // ports whose data plane failed to open
-	served map[string]*served         // by allocation id
+	failed   map[string]error   // ports whose data plane failed to open
+	served   map[string]*served // by allocation id
 }
 
 type served struct {

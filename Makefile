@@ -84,3 +84,17 @@ demo: build ## main job: local cluster + chart + a VI pong pod, pinged from the 
 
 demo-down: ## remove the demo pod, then e2e-down
 	hack/demo.sh down
+
+# ---- kind e2e: two nodes, Kubernetes 1.34, offline-capable (issue 15) ----
+.PHONY: kind-deps kind-up kind-e2e kind-down
+kind-deps: ## build once per version into /var/cache/kube-efvi what kind needs offline (Kubernetes, etcd, coredns, kind, helm, CNI)
+	hack/kind-deps.sh all
+
+kind-up: build ## two-node kind cluster (kindest/node, or a node image built here), fabric, images, chart (root)
+	hack/kind.sh up
+
+kind-e2e: ## the e2e suite, TestCrossNode* included, against the kind cluster
+	hack/kind.sh test
+
+kind-down: ## delete the kind cluster, fabric and private Docker; check the host is left clean
+	hack/kind.sh down

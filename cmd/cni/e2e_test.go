@@ -28,6 +28,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
+	"github.com/kube-efvi/kube-efvi/pkg/kubeletcheckpoint"
 	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
@@ -46,6 +47,10 @@ type fakeKubelet struct {
 	podresourcesv1.UnimplementedPodResourcesListerServer
 	mu   sync.Mutex
 	pods []*podresourcesv1.PodResources
+	// checkpoint is the device manager checkpoint, written as the kubelet
+	// writes it (temp file + rename) when a pod gets devices.
+	checkpoint string
+	entries    []kubeletcheckpoint.Entry
 }
 
 func (k *fakeKubelet) List(context.Context, *podresourcesv1.ListPodResourcesRequest) (*podresourcesv1.ListPodResourcesResponse, error) {
@@ -54,13 +59,29 @@ func (k *fakeKubelet) List(context.Context, *podresourcesv1.ListPodResourcesRequ
 	return &podresourcesv1.ListPodResourcesResponse{PodResources: slices.Clone(k.pods)}, nil
 }
 
-func (k *fakeKubelet) add(ns, name, resource string, devices ...string) {
+func (k *fakeKubelet) add(t testing.TB, ns, name, uid, resource string, devices ...string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.pods = append(k.pods, &podresourcesv1.PodResources{Namespace: ns, Name: name, Containers: []*podresourcesv1.ContainerResources{
 		{Name: "sidecar"},
 		{Name: "app", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: resource, DeviceIds: devices}}},
 	}})
+	k.entries = append(k.entries, kubeletcheckpoint.Entry{PodUID: uid, ContainerName: "app", ResourceName: resource, DeviceIDs: devices})
+	k.writeCheckpointLocked(t)
+}
+
+func (k *fakeKubelet) writeCheckpointLocked(t testing.TB) {
+	b, err := kubeletcheckpoint.Marshal(k.entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := k.checkpoint + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, k.checkpoint); err != nil {
+		t.Fatal(err)
+	}
 }
 
 type fakePods struct {
@@ -192,7 +213,7 @@ func newNode(t testing.TB) *node {
 	topo.PrepareDataPlane(t)
 	dir := t.TempDir()
 	n := &node{t: t, topo: topo, binDir: bin,
-		kubelet: &fakeKubelet{}, pods: &fakePods{pods: map[string]*corev1.Pod{}}, events: &fakeEvents{},
+		kubelet: &fakeKubelet{checkpoint: filepath.Join(dir, kubeletcheckpoint.FileName)}, pods: &fakePods{pods: map[string]*corev1.Pod{}}, events: &fakeEvents{},
 		sock: filepath.Join(dir, "agent.sock"), state: filepath.Join(dir, "cni-attachments.json"),
 		devSock: filepath.Join(dir, "kubelet.sock")}
 	plane, err := dataplane.Open(context.Background(), dataplane.PortConfig{
@@ -227,6 +248,7 @@ func newNode(t testing.TB) *node {
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
 
+	n.kubelet.writeCheckpointLocked(t)
 	n.startAgent()
 	t.Cleanup(func() { n.stop() })
 
@@ -271,12 +293,16 @@ func (n *node) startAgent() {
 }
 
 func (n *node) conflist(extra string) *libcni.NetworkConfigList {
+	return n.conflistVersion("1.1.0", extra)
+}
+
+func (n *node) conflistVersion(cniVersion, extra string) *libcni.NetworkConfigList {
 	n.t.Helper()
 	if extra != "" {
 		extra = "," + extra
 	}
-	text := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"efvi-test-prev"},{"type":"efvi-cni","agentSocket":%q%s}]}`,
-		netName, n.sock, extra)
+	text := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"efvi-test-prev"},{"type":"efvi-cni","agentSocket":%q,"kubeletCheckpoint":%q%s}]}`,
+		cniVersion, netName, n.sock, n.kubelet.checkpoint, extra)
 	l, err := libcni.ConfListFromBytes([]byte(text))
 	if err != nil {
 		n.t.Fatalf("conflist %s: %v", text, err)
@@ -306,7 +332,7 @@ func (n *node) newPod(ns, name string, slot int, ips []string, annotation string
 			t.Fatal(err)
 		}
 		p.alloc = a
-		n.kubelet.add(ns, name, resource, dev)
+		n.kubelet.add(t, ns, name, p.uid, resource, dev)
 	}
 	n.pods.add(ns, name, p.uid, annotation)
 	p.rt = &libcni.RuntimeConf{ContainerID: "ctr-" + randHex(8), NetNS: p.netns.Path(), IfName: "eth0",
@@ -560,9 +586,9 @@ func TestChainGCAndStatus(t *testing.T) {
 		t.Fatalf("STATUS: %v", err)
 	}
 	n.stop()
-	err := n.cni.GetStatusNetworkList(ctx, n.list)
-	if te := cniErr(t, err); te.Code != types.ErrPluginNotAvailable {
-		t.Fatalf("STATUS with the agent down: %+v", te)
+	// STATUS never fails for the agent: failing it makes the node NotReady.
+	if err := n.cni.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Fatalf("STATUS with the agent down: %v", err)
 	}
 	// DEL with the agent down succeeds (the runtime must not retry forever).
 	if err := n.del(keep); err != nil {
@@ -582,6 +608,7 @@ func TestChainBadInput(t *testing.T) {
 	n := newNode(t)
 	ip := n.topo.PortIP.String()
 	bad := n.newPod("ns1", "bad", 2, []string{ip + "/24"}, "udp:5000;udp:notaport")
+	plain := n.newPod("ns1", "plain", -1, []string{"10.243.0.9/24"}, "")
 	_, err := n.add(bad)
 	te := cniErr(t, err)
 	if te.Code != cniapi.CodeBadFilter || !strings.Contains(te.Msg, "annotation efvi.io/filters") || !strings.Contains(te.Msg, "notaport") {
@@ -600,30 +627,63 @@ func TestChainBadInput(t *testing.T) {
 		{`"timeout":5`, `"timeout" must be a string`},
 		{`"agentSocket":"relative.sock"`, `"agentSocket"`},
 		{`"defaultFilters":"udp:70000"`, `"defaultFilters"`},
+		{`"timeout":"500us"`, `"timeout"`},
 	} {
 		l := n.conflist(tc.extra)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_, err := n.cni.AddNetworkList(ctx, l, bad.rt)
-		cancel()
 		te := cniErr(t, err)
-		if te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, tc.want) {
-			t.Errorf("netconf %s: code %d msg %q, want 7 and %q", tc.extra, te.Code, te.Msg, tc.want)
+		if te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, tc.want) || !strings.Contains(te.Msg, "ns1/bad") {
+			t.Errorf("netconf %s: code %d msg %q, want 7, the pod and %q", tc.extra, te.Code, te.Msg, tc.want)
 		}
+		// DEL of the VI pod and everything for a pod without VIs succeed
+		// whatever the netconf says.
+		if err := n.cni.DelNetworkList(ctx, l, bad.rt); err != nil {
+			t.Errorf("netconf %s: DEL of a VI pod failed: %v", tc.extra, err)
+		}
+		if _, err := n.cni.AddNetworkList(ctx, l, plain.rt); err != nil {
+			t.Errorf("netconf %s: ADD of a pod without VIs failed: %v", tc.extra, err)
+		}
+		if err := n.cni.CheckNetworkList(ctx, l, plain.rt); err != nil {
+			t.Errorf("netconf %s: CHECK of a pod without VIs failed: %v", tc.extra, err)
+		}
+		if err := n.cni.DelNetworkList(ctx, l, plain.rt); err != nil {
+			t.Errorf("netconf %s: DEL of a pod without VIs failed: %v", tc.extra, err)
+		}
+		if err := n.cni.GetStatusNetworkList(ctx, l); err != nil {
+			t.Errorf("netconf %s: STATUS failed: %v", tc.extra, err)
+		}
+		cancel()
+	}
+	// A bad kubeletCheckpoint falls back to the default path, which names
+	// no checkpoint here: the plugin cannot tell, so the field is reported.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = n.cni.AddNetworkList(ctx, n.conflist(`"kubeletCheckpoint":"relative"`), plain.rt)
+	if te := cniErr(t, err); te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, `"kubeletCheckpoint"`) {
+		t.Errorf("bad kubeletCheckpoint: %+v", te)
 	}
 
-	// Raw stdin straight to the binary.
+	// Raw stdin straight to the binary, for the VI pod.
+	ck := fmt.Sprintf(`,"kubeletCheckpoint":%q`, n.kubelet.checkpoint)
+	viArgs := "CNI_ARGS=K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=bad;K8S_POD_UID=" + bad.uid
+	run := func(command, args, stdin string) ([]byte, error) {
+		cmd := exec.Command(filepath.Join(n.binDir, "efvi-cni"))
+		cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=x1", "CNI_NETNS=" + bad.netns.Path(), "CNI_IFNAME=eth0", "CNI_PATH=" + n.binDir, args}
+		cmd.Stdin = strings.NewReader(stdin)
+		return cmd.Output()
+	}
+	badPrev := `{"cniVersion":"1.0.0","name":"x","type":"efvi-cni"` + ck + `,"prevResult":{"ips":[{"address":"nonsense"}]}}`
+	noPrev := `{"cniVersion":"1.0.0","name":"x","type":"efvi-cni"` + ck + `}`
 	for _, tc := range []struct {
 		stdin string
 		code  uint
 	}{
 		{`not json`, types.ErrDecodingFailure},
-		{`{"cniVersion":"1.0.0","name":"x","type":"efvi-cni","prevResult":{"ips":[{"address":"nonsense"}]}}`, types.ErrDecodingFailure},
-		{`{"cniVersion":"1.0.0","name":"x","type":"efvi-cni"}`, types.ErrInvalidNetworkConfig}, // ADD without prevResult
+		{badPrev, types.ErrDecodingFailure},
+		{noPrev, types.ErrInvalidNetworkConfig}, // ADD without prevResult
 	} {
-		cmd := exec.Command(filepath.Join(n.binDir, "efvi-cni"))
-		cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=x1", "CNI_NETNS=" + bad.netns.Path(), "CNI_IFNAME=eth0", "CNI_PATH=" + n.binDir}
-		cmd.Stdin = strings.NewReader(tc.stdin)
-		out, err := cmd.Output()
+		out, err := run("ADD", viArgs, tc.stdin)
 		if err == nil {
 			t.Errorf("stdin %q: plugin succeeded: %s", tc.stdin, out)
 			continue
@@ -632,5 +692,98 @@ func TestChainBadInput(t *testing.T) {
 		if jerr := json.Unmarshal(out, &e); jerr != nil || e.Code != tc.code || e.Msg == "" {
 			t.Errorf("stdin %q: output %s, want a CNI error with code %d", tc.stdin, out, tc.code)
 		}
+	}
+	// A pod without VIs gets prevResult back exactly as sent, whatever it is.
+	plainArgs := "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=plain;K8S_POD_UID=" + plain.uid
+	if out, err := run("ADD", plainArgs, badPrev); err != nil || strings.TrimSpace(string(out)) != `{"ips":[{"address":"nonsense"}]}` {
+		t.Errorf("ADD of a pod without VIs, odd prevResult: %s, %v", out, err)
+	}
+	if out, err := run("ADD", plainArgs, noPrev); err != nil || strings.TrimSpace(string(out)) != `{"cniVersion":"1.0.0"}` {
+		t.Errorf("ADD of a pod without VIs, no prevResult: %s, %v", out, err)
+	}
+	// DEL never fails on stdin: not JSON, an unsupported version, nothing.
+	for _, stdin := range []string{`not json`, `{"cniVersion":"0.1.0"}`, ``, `{"cniVersion":7,"timeout":"x"}`} {
+		if out, err := run("DEL", viArgs, stdin); err != nil {
+			t.Errorf("DEL with stdin %q: %v: %s", stdin, err, out)
+		}
+	}
+}
+
+// TestChainAgentDown: with the agent gone, pods without VIs start, are
+// checked and deleted as usual and STATUS passes; a VI pod's ADD fails with
+// "try again later" naming the agent, and succeeds once the agent is back.
+func TestChainAgentDown(t *testing.T) {
+	n := newNode(t)
+	ip := n.topo.PortIP.String()
+	plain := n.newPod("team", "plain", -1, []string{"10.244.0.9/24"}, "udp:5000")
+	vi := n.newPod("team", "vi", 3, []string{ip + "/24"}, "udp:5000")
+	n.stop()
+
+	res, err := n.add(plain)
+	if err != nil {
+		t.Fatalf("ADD of a pod without VIs, agent down: %v", err)
+	}
+	if out, _ := json.Marshal(res); !strings.Contains(string(out), "10.244.0.9") {
+		t.Fatalf("ADD result %s lost prevResult", out)
+	}
+	if err := n.check(plain); err != nil {
+		t.Fatalf("CHECK of a pod without VIs, agent down: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.cni.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Fatalf("STATUS, agent down: %v", err)
+	}
+	// An old CNI version (Calico's and Cilium's conflists say 0.3.1).
+	old := n.conflistVersion("0.3.1", "")
+	plain2 := n.newPod("team", "plain2", -1, []string{"10.244.0.10/24"}, "")
+	if _, err := n.cni.AddNetworkList(ctx, old, plain2.rt); err != nil {
+		t.Fatalf("ADD on a 0.3.1 conflist, agent down: %v", err)
+	}
+	if err := n.cni.DelNetworkList(ctx, old, plain2.rt); err != nil {
+		t.Fatalf("DEL on a 0.3.1 conflist: %v", err)
+	}
+
+	_, err = n.add(vi)
+	te := cniErr(t, err)
+	if te.Code != types.ErrTryAgainLater || !strings.Contains(te.Msg, n.sock) || !strings.Contains(te.Msg, "agent") {
+		t.Fatalf("ADD of a VI pod, agent down: code %d msg %q, want 11 naming the agent's socket", te.Code, te.Msg)
+	}
+	if err := n.del(vi); err != nil { // the runtime cleans up the failed sandbox
+		t.Fatalf("DEL of a VI pod, agent down: %v", err)
+	}
+	if err := n.del(plain); err != nil {
+		t.Fatalf("DEL of a pod without VIs, agent down: %v", err)
+	}
+
+	n.startAgent()
+	if _, err := n.add(vi); err != nil {
+		t.Fatalf("ADD of the VI pod after the agent is back: %v", err)
+	}
+	if f := n.port.Filters(); len(f) != 1 {
+		t.Fatalf("filters %v, want the VI pod's udp:5000", f)
+	}
+	// The VI pod on an old CNI version works too.
+	vi2 := n.newPod("team", "vi2", 4, []string{"10.244.0.11/24"}, "udp:5001")
+	if _, err := n.cni.AddNetworkList(ctx, old, vi2.rt); err != nil {
+		t.Fatalf("ADD of a VI pod on a 0.3.1 conflist: %v", err)
+	}
+	if err := n.cni.DelNetworkList(ctx, old, vi2.rt); err != nil {
+		t.Fatalf("DEL on a 0.3.1 conflist: %v", err)
+	}
+	if err := n.del(vi); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if f := n.port.Filters(); len(f) != 0 {
+		t.Fatalf("filters %v left", f)
+	}
+
+	// An unreadable checkpoint leaves the plugin unsure: it asks the agent,
+	// which knows the pod holds no VI.
+	if err := os.WriteFile(n.kubelet.checkpoint, []byte("torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.add(plain); err != nil {
+		t.Fatalf("ADD with a torn checkpoint, agent up: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kube-efvi/kube-efvi/pkg/cniapi"
 )
@@ -25,11 +26,26 @@ func TestParseNetConf(t *testing.T) {
 		{`{"cniVersion":"1.1.0","defaultFilters":"sniff:maybe"}`, `"defaultFilters"`},
 		{`{"cniVersion":"1.1.0","defaultFilters":7}`, `must be a string`},
 		{`{"cniVersion":"1.1.0","extra":1}`, `"extra" is unknown`},
+		{`{"cniVersion":"1.1.0","timeout":"500us"}`, `"timeout"`},
+		{`{"cniVersion":"1.1.0","kubeletCheckpoint":"x"}`, `"kubeletCheckpoint"`},
+		{`{"cniVersion":"1.1.0","prevResult":[1]}`, `"prevResult"`},
 	} {
-		_, err := parseNetConf([]byte(tc.in))
+		c, err := parseNetConf([]byte(tc.in))
+		if err == nil {
+			err = c.strict()
+		}
 		if err == nil || !strings.Contains(err.Msg, tc.want) {
 			t.Errorf("%s: %v, want %q", tc.in, err, tc.want)
 		}
+		// Lenient: whatever was wrong, the defaults stand in.
+		if c == nil || c.AgentSocket != cniapi.DefaultSocket || c.timeout != defaultTimeout {
+			t.Errorf("%s: lenient netconf %+v", tc.in, c)
+		}
+	}
+	// A good timeout and socket are taken.
+	c, err = parseNetConf([]byte(`{"cniVersion":"1.1.0","timeout":"1ms","agentSocket":"/x.sock","bogus":1}`))
+	if err != nil || c.timeout != time.Millisecond || c.AgentSocket != "/x.sock" || c.strict() == nil {
+		t.Fatalf("%+v %v", c, err)
 	}
 }
 
@@ -37,6 +53,9 @@ func TestK8sArgs(t *testing.T) {
 	ns, name, uid, err := k8sArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME=b;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u")
 	if err != nil || ns != "a" || name != "b" || uid != "u" {
 		t.Fatalf("%q %q %q %v", ns, name, uid, err)
+	}
+	if ns, name, uid, err := k8sArgs(""); err != nil || ns+name+uid != "" {
+		t.Fatalf("empty CNI_ARGS: %q %q %q %v", ns, name, uid, err)
 	}
 	if _, _, _, err := k8sArgs("K8S_POD_NAME"); err == nil {
 		t.Fatal("malformed CNI_ARGS accepted")
@@ -57,14 +76,20 @@ func FuzzNetConf(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := parseNetConf(data)
-		if err != nil {
-			if err.Msg == "" || err.Code == 0 {
-				t.Fatalf("error without code or message: %+v", err)
-			}
-			return
+		if c == nil {
+			t.Fatal("no netconf (the lenient parse must always give the defaults)")
 		}
-		if c.timeout <= 0 || c.timeout > maxTimeout || !strings.HasPrefix(c.AgentSocket, "/") || c.CNIVersion == "" {
-			t.Fatalf("accepted an insane netconf: %+v", c)
+		for _, e := range append(c.problems, err) {
+			if e != nil && (e.Msg == "" || e.Code == 0) {
+				t.Fatalf("error without code or message: %+v", e)
+			}
+		}
+		// Lenient or not, what DEL and STATUS would use is sane.
+		if c.timeout < minTimeout || c.timeout > maxTimeout || !strings.HasPrefix(c.AgentSocket, "/") || !strings.HasPrefix(c.KubeletCheckpoint, "/") {
+			t.Fatalf("insane netconf: %+v", c)
+		}
+		if err == nil && c.strict() == nil && c.CNIVersion == "" {
+			t.Fatalf("strictly accepted a netconf without cniVersion: %+v", c)
 		}
 		_, _, _ = prevIPs(c)
 	})

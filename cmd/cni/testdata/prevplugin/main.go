@@ -19,7 +19,7 @@ import (
 func main() {
 	nothing := func(*skel.CmdArgs) error { return nil }
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: add, Del: nothing, Check: nothing, GC: nothing, Status: nothing},
-		version.PluginSupports("1.0.0", "1.1.0"), "test prevResult plugin")
+		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "test prevResult plugin")
 }
 
 func add(args *skel.CmdArgs) error {

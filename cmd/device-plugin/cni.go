@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -61,6 +64,16 @@ func serveCNI(ctx context.Context, log *slog.Logger, o cniOptions, settings conf
 	defer devs.Close()
 	events, stopEvents := attach.NewEventRecorder(client, o.node)
 	defer stopEvents()
+	// A process refused on a broker socket is reported on the pod that owns
+	// the allocation.
+	sw.OnRefused(func(r softvi.Refusal) {
+		if ns, name, ok := pods.name(r.AllocationID); ok {
+			events.Event(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: k8stypes.UID(r.PodUID)}},
+				corev1.EventTypeWarning, "BrokerPeerRefused",
+				fmt.Sprintf("process pid %d uid %d was refused the VI socket of allocation %s: %v", r.Peer.PID, r.Peer.UID, r.AllocationID, r.Err))
+		}
+	})
+	defer sw.OnRefused(nil)
 	svc, err := attach.New(attach.Config{
 		Registry: sw.Registry(),
 		Devices:  devs,

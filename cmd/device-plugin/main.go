@@ -180,6 +180,7 @@ func run() int {
 		ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log,
 		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {
 			sw.UseDirs(a.BrokerDir, a.StateDir)
+			sw.UseKubeletDir(a.PluginDir) // the device checkpoint: whose allocation a socket is
 			select {
 			case settings <- a:
 			default:

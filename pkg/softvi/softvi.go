@@ -10,6 +10,13 @@
 // VIs). On agent exit, Close detaches: data-plane links and maps stay pinned
 // and the pods' sockets keep their VIs flowing until a restarted agent
 // re-adopts them.
+//
+// A broker socket serves only the pod that holds its allocation: each
+// allocation's socket gets its own [KubepodsPeer], which compares the peer's
+// pod (from its cgroup) with the allocation's pod (from the kubelet's device
+// checkpoint) and refuses anyone else with EPERM, reported through
+// OnRefused as an event on the owning pod. --broker-host-uids is the one
+// explicit exception.
 package softvi
 
 import (
@@ -22,9 +29,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
@@ -33,6 +38,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
 	"github.com/kube-efvi/kube-efvi/pkg/discovery"
+	"github.com/kube-efvi/kube-efvi/pkg/kubeletcheckpoint"
 	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 )
 
@@ -50,9 +56,14 @@ type Config struct {
 	BrokerRoot string
 	// Registry indexes ports and allocations for the CNI side (created if nil).
 	Registry *viservice.Registry
-	// Authorizer checks each broker peer (default: KubepodsPeer, widened by
-	// HostUIDs).
+	// Authorizer checks each broker peer of every allocation (tests). Nil:
+	// a KubepodsPeer per allocation that admits only the allocation's pod
+	// (from the kubelet's device checkpoint at KubeletCheckpoint), widened
+	// by HostUIDs.
 	Authorizer broker.Authorizer
+	// KubeletCheckpoint is the kubelet's device checkpoint (default
+	// kubeletcheckpoint.DefaultPath; see UseKubeletDir).
+	KubeletCheckpoint string
 	// HostUIDs may use allocation sockets from outside a pod (tools run
 	// standalone on the node, e.g. efsink -socket ...). Empty: pods only.
 	HostUIDs []uint32
@@ -69,10 +80,11 @@ type Backend struct {
 	stopWarm   context.CancelFunc
 	warmActive sync.WaitGroup
 
-	mu     sync.Mutex
-	planes map[string]*dataplane.Port // by port name
-	failed map[string]error           // ports whose data plane failed to open
-	served map[string]*served         // by allocation id
+	mu      sync.Mutex
+	refused func(Refusal)              // see OnRefused
+	planes  map[string]*dataplane.Port // by port name
+	failed  map[string]error           // ports whose data plane failed to open
+	served  map[string]*served         // by allocation id
 }
 
 type served struct {
@@ -93,8 +105,8 @@ func New(cfg Config) *Backend {
 	if cfg.Registry == nil {
 		cfg.Registry = viservice.NewRegistry()
 	}
-	if cfg.Authorizer == nil {
-		cfg.Authorizer = KubepodsPeer{ProcRoot: "/proc", HostUIDs: cfg.HostUIDs}
+	if cfg.KubeletCheckpoint == "" {
+		cfg.KubeletCheckpoint = kubeletcheckpoint.DefaultPath
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -116,6 +128,53 @@ func (b *Backend) UseDirs(brokerDir, stateDir string) {
 	b.cfg.BrokerRoot = filepath.Join(brokerDir, "alloc")
 	b.cfg.StateDir = filepath.Join(stateDir, "ports")
 	b.dirs = agent.DirBroker{Root: b.cfg.BrokerRoot}
+}
+
+// UseKubeletDir sets the kubelet's device-plugins directory, where its
+// device checkpoint (the allocations' pods) lives.
+func (b *Backend) UseKubeletDir(pluginDir string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cfg.KubeletCheckpoint = kubeletcheckpoint.PathIn(pluginDir)
+}
+
+// Refusal is a broker peer refused on an allocation's socket.
+type Refusal struct {
+	AllocationID string
+	Resource     string
+	Devices      []string
+	PodUID       string // the allocation's pod, empty when unknown
+	Peer         broker.Peer
+	Err          error
+}
+
+// OnRefused sets the function told of each refused peer (the agent
+// records an event on the owning pod).
+func (b *Backend) OnRefused(f func(Refusal)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refused = f
+}
+
+// authorizer returns the check of an allocation's broker peers.
+func (b *Backend) authorizerLocked(req deviceplugin.PrepareRequest) broker.Authorizer {
+	if b.cfg.Authorizer != nil {
+		return b.cfg.Authorizer
+	}
+	path, devices := b.cfg.KubeletCheckpoint, slices.Clone(req.Devices)
+	return KubepodsPeer{
+		ProcRoot: "/proc", HostUIDs: b.cfg.HostUIDs,
+		PodUID: func(context.Context) (string, error) { return CheckpointOwner(path, req.Resource, devices) },
+		Refused: func(_ context.Context, p broker.Peer, owner string, err error) {
+			b.log.Warn("broker peer refused", "allocation", req.AllocationID, "pod", owner, "peer_pid", p.PID, "peer_uid", p.UID, "err", err)
+			b.mu.Lock()
+			f := b.refused
+			b.mu.Unlock()
+			if f != nil {
+				f(Refusal{AllocationID: req.AllocationID, Resource: req.Resource, Devices: devices, PodUID: owner, Peer: p, Err: err})
+			}
+		},
+	}
 }
 
 // Registry returns the backend's registry of ports and allocations.
@@ -253,7 +312,7 @@ func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) 
 	}
 	srv, err := broker.Listen(broker.Config{
 		Path: filepath.Join(m.HostPath, SocketName), Mode: 0o666,
-		Sessions: alloc, Authorizer: b.cfg.Authorizer, Logger: b.log,
+		Sessions: alloc, Authorizer: b.authorizerLocked(req), Logger: b.log,
 	})
 	if err != nil {
 		b.cfg.Registry.Remove(req.AllocationID)
@@ -328,31 +387,4 @@ func (b *Backend) Close() error {
 	}
 	b.served, b.planes = map[string]*served{}, map[string]*dataplane.Port{}
 	return errors.Join(errs...)
-}
-
-// KubepodsPeer authorizes broker peers that run in a Kubernetes pod's cgroup.
-// The socket is only mounted into the allocation's container, so this is
-// defence in depth: a host process that found the socket is refused. It
-// needs the agent to see pod pids (hostPID), or SO_PEERCRED reports pid 0.
-type KubepodsPeer struct {
-	ProcRoot string
-	HostUIDs []uint32 // also admitted from outside a pod (node tools)
-}
-
-// Authorize implements broker.Authorizer.
-func (k KubepodsPeer) Authorize(_ context.Context, p broker.Peer) error {
-	if slices.Contains(k.HostUIDs, p.UID) {
-		return nil
-	}
-	if p.PID <= 0 {
-		return broker.Errorf(syscall.EPERM, "peer pid unknown to the agent: run the agent with hostPID so it can check which pod connects")
-	}
-	b, err := os.ReadFile(filepath.Join(k.ProcRoot, strconv.Itoa(int(p.PID)), "cgroup"))
-	if err != nil {
-		return broker.Errorf(syscall.EPERM, "peer pid %d: read its cgroup: %v", p.PID, err)
-	}
-	if !strings.Contains(string(b), "kubepods") {
-		return broker.Errorf(syscall.EPERM, "peer pid %d is not in a Kubernetes pod (cgroup %q): only the allocation's container may use this socket", p.PID, strings.TrimSpace(string(b)))
-	}
-	return nil
 }

@@ -50,7 +50,9 @@ func (w *Watcher) Trigger() {
 }
 
 // Run watches until ctx is done. last is the content of the config already
-// in force.
+// in force; Run re-reads the file once after the watch is in place, so a
+// change made after the caller's read is not lost (OnChange or OnError
+// then fires once before any event).
 func (w *Watcher) Run(ctx context.Context, last []byte) error {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -86,6 +88,9 @@ func (w *Watcher) Run(ctx context.Context, last []byte) error {
 			w.OnChange(c)
 		}
 	}
+	// A change between the caller's read (last) and the watch would have
+	// no event: read once now that the watch is in place.
+	reload()
 	base := filepath.Base(w.Path)
 	for {
 		select {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"syscall"
+	"time"
 
 	"github.com/kube-efvi/kube-efvi/pkg/broker"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
@@ -16,10 +18,18 @@ import (
 // the path of its per-allocation broker socket.
 const EnvSocket = "EFVI_SOCKET"
 
+// DialRetry bounds how long DialAgent keeps trying a socket that is missing
+// (ENOENT) or refuses connections (ECONNREFUSED): what a pod sees while the
+// agent restarts (an upgrade, a crash), when the old agent has let the
+// socket go and the new one is not listening yet. ctx's deadline, if
+// sooner, wins.
+const DialRetry = 30 * time.Second
+
 // DialAgent connects to the node agent's per-allocation socket at path ("" =
 // $EFVI_SOCKET) and returns a Driver on the software backend. This is how an
 // unprivileged pod opens ef_vi: the agent creates every kernel object and
-// passes it over the socket.
+// passes it over the socket. Across an agent restart it retries for up to
+// DialRetry (see there); any other error returns at once.
 func DialAgent(ctx context.Context, path string) (*Driver, error) {
 	if path == "" {
 		path = os.Getenv(EnvSocket)
@@ -27,7 +37,9 @@ func DialAgent(ctx context.Context, path string) (*Driver, error) {
 			return nil, fmt.Errorf("efvi: no agent socket: $%s is not set (is the container requesting an efvi.io resource?)", EnvSocket)
 		}
 	}
-	c, err := broker.Dial(ctx, path, broker.WithName(os.Args[0]))
+	c, err := dialRetry(ctx, path, DialRetry, func(ctx context.Context, path string) (*broker.Client, error) {
+		return broker.Dial(ctx, path, broker.WithName(os.Args[0]))
+	})
 	if err != nil {
 		return nil, fmt.Errorf("efvi: connect to agent at %s: %w", path, err)
 	}
@@ -148,3 +160,26 @@ func (b *brokerBackend) FreePD(ctx context.Context, pd PDHandle) error {
 }
 
 func (b *brokerBackend) Close() error { return b.c.Close() }
+
+// dialRetry calls dial until it succeeds, fails with an error other than
+// ENOENT/ECONNREFUSED, or bound (or ctx) ends; waits grow from 10 ms to
+// 500 ms.
+func dialRetry(ctx context.Context, path string, bound time.Duration, dial func(context.Context, string) (*broker.Client, error)) (*broker.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	wait := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		c, err := dial(ctx, path)
+		if err == nil || !(errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
+			return c, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (the agent did not come back: %d attempts in %v; is the kube-efvi agent running on this node?)", err, attempt, bound)
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}

@@ -7,7 +7,7 @@ STATICCHECK_VERSION ?= v0.8.2
 LDFLAGS := -s -w
 CMDS := efvi-agent=./cmd/device-plugin efvi-cni=./cmd/cni efvi-install=./cmd/efvi-install efvictl=./cmd/efvictl eflatency=./cmd/eflatency efsink=./cmd/efsink efsend=./cmd/efsend
 
-.PHONY: help build test test-unit lint bench fuzz clean
+.PHONY: help build test test-race test-unit lint bench fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,8 +20,11 @@ build: ## static binaries in bin/
 		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$$name $$pkg || exit 1; \
 	done
 
-test: ## unit + privileged integration tests (privileged ones skip, saying so, when not root)
-	$(GO) test -count=1 -timeout 20m ./...
+test: ## unit + privileged integration tests (privileged ones skip, saying so, when not root); RACE=1 adds -race
+	$(GO) test -count=1 -timeout 20m $(if $(filter 1,$(RACE)),-race) ./...
+
+test-race: ## make test with the race detector (CI)
+	$(MAKE) test RACE=1
 
 test-unit: ## tests without the race detector's cost, short mode
 	$(GO) test -short -count=1 ./...

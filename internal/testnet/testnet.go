@@ -28,12 +28,20 @@ import (
 // Prefix starts every namespace and interface name made by this package.
 const Prefix = "efvt"
 
+// EnvRequirePrivileged, set to 1 (CI sets it), turns RequireRoot's skip
+// into a failure: a run that claims to test the kernel must not skip it.
+const EnvRequirePrivileged = "EFVI_REQUIRE_PRIVILEGED"
+
 // RequireRoot skips the test unless the process runs as root with
-// CAP_NET_ADMIN, saying why.
+// CAP_NET_ADMIN, saying why; with EFVI_REQUIRE_PRIVILEGED=1 it fails instead.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skipf("SKIP privileged test %s: needs root (network namespaces, veth, XDP); run `sudo make test` or CI", t.Name())
+		msg := fmt.Sprintf("privileged test %s: needs root (network namespaces, veth, XDP); run `sudo make test` or CI", t.Name())
+		if os.Getenv(EnvRequirePrivileged) == "1" {
+			t.Fatalf("FAIL %s, and %s=1 forbids skipping it", msg, EnvRequirePrivileged)
+		}
+		t.Skip("SKIP " + msg)
 	}
 }
 

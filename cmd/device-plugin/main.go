@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,6 +90,7 @@ func run() int {
 		cniSocket    = fs.String("cni-socket", cniapi.DefaultSocket, `agent API socket for efvi-cni, or "off"`)
 		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig for the API server (empty: in-cluster service account)")
 		nodeName     = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, else the hostname)")
+		cleanupRef   = fs.String("cleanup-unless-daemonset", "", "NAMESPACE/NAME of the agent's DaemonSet: at exit, when it is gone (helm uninstall), remove VI veths, XDP/TC programs, pins and state from the node; empty: always keep them")
 		hostUIDs     = fs.String("broker-host-uids", "", "comma-separated uids that may use allocation sockets from outside a pod (node tools); default: pods only")
 	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -156,10 +158,9 @@ func run() int {
 		return 2
 	}
 	sw := softvi.New(softvi.Config{Logger: log, HostUIDs: uids})
+	var resolved atomic.Pointer[config.Agent] // the agent's settings, for the exit cleanup
 	defer func() {
-		if err := sw.Close(); err != nil {
-			log.Error("detach software backend", "err", err)
-		}
+		detachOrDestroy(log, cniOptions{kubeconfig: *kubeconfig}, *cleanupRef, resolved.Load(), sw)
 	}()
 	// Diagnostics for efvictl (ports, VIs, filters, per-VI counters and
 	// metrics, capture) on a root-only unix socket.
@@ -181,6 +182,7 @@ func run() int {
 		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {
 			sw.UseDirs(a.BrokerDir, a.StateDir)
 			sw.UseKubeletDir(a.PluginDir) // the device checkpoint: whose allocation a socket is
+			resolved.Store(&a)
 			select {
 			case settings <- a:
 			default:

@@ -369,6 +369,41 @@ func (b *Backend) Release(ctx context.Context, pool, id string) error {
 	return errors.Join(errs...)
 }
 
+// Destroy removes everything the backend made on the node: every
+// allocation's socket and VIs, every port's data plane (VI veths, XDP/TCX
+// programs, pinned maps and links, the pin directories), the ports' state
+// files and the broker directories. The release is gone (helm uninstall);
+// a restart or an upgrade calls Close instead.
+func (b *Backend) Destroy() error {
+	b.stopWarm()
+	b.warmActive.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	for id, s := range b.served {
+		s.cancel()
+		errs = append(errs, s.srv.Close())
+		<-s.done
+		errs = append(errs, s.alloc.Release())
+		b.cfg.Registry.Remove(id)
+	}
+	for name, p := range b.planes {
+		if err := p.Destroy(); err != nil {
+			errs = append(errs, fmt.Errorf("port %s: %w", name, err))
+		}
+	}
+	b.served, b.planes = map[string]*served{}, map[string]*dataplane.Port{}
+	for _, d := range []string{b.cfg.BPFRoot, b.cfg.StateDir, b.cfg.BrokerRoot} {
+		if d == "" {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close detaches from everything without freeing: the agent is exiting.
 func (b *Backend) Close() error {
 	b.stopWarm()

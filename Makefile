@@ -54,7 +54,7 @@ clean:
 HELM ?= $(GOBIN_TOOLS)/helm
 HELM_VERSION ?= v3.16.4
 MANIFESTS_NS ?= kube-efvi
-.PHONY: images manifests chart-lint e2e-up e2e-down e2e demo demo-down
+.PHONY: images manifests chart-lint e2e-up e2e-down e2e soak demo demo-down
 
 $(HELM):
 	GOBIN=$(GOBIN_TOOLS) CGO_ENABLED=0 GOFLAGS=-mod=mod $(GO) install -ldflags '-s -w' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
@@ -81,6 +81,9 @@ e2e-down: ## uninstall, stop the local cluster, remove the fabric (root)
 
 e2e: ## e2e tests against the cluster from e2e-up (go test -tags e2e ./e2e/...)
 	hack/e2e-test.sh
+
+soak: ## soak e2e tests against the e2e-up cluster; counts: SOAK_AGENT_RESTARTS, SOAK_CHURN_PODS, SOAK_CHURN_ROUNDS, SOAK_AGENT_DOWN
+	E2E_TAGS=e2e,soak E2E_TEST_ARGS="-run TestSoak $(E2E_TEST_ARGS)" hack/e2e-test.sh
 
 demo: build ## main job: local cluster + chart + a VI pong pod, pinged from the fabric: RTT table
 	hack/demo.sh

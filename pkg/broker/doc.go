@@ -36,10 +36,15 @@
 //	8      4    length   payload bytes; must equal the record length - 12
 //	12     len  payload  per type, below
 //
+// Request ids are never 0. The server answers a request with id 0 as
+// malformed, with an ERROR that echoes id 0; a client never sends id 0, so an
+// ERROR with id 0 tells it the connection is broken (it fails every later
+// request). Replies always echo the request's id.
+//
 // Strings are a u16 byte length followed by that many bytes of UTF-8 with no
 // control characters ("str" below); lists are a u16 count followed by the
 // entries. Reserved fields must be zero. Nothing may follow the last field.
-// Ids are non-zero.
+// Object ids (pd, memreg, vi, cookie) are non-zero in every request and reply.
 //
 //	type  name        request payload                                  OK reply payload                              fds
 //	0x01  HELLO       version u16 (>=1), rsvd u16, caps u64,            version u16, rsvd u16, caps u64, mtu u32,     0
@@ -50,10 +55,11 @@
 //	0x02  ALLOC_PD    flags u32 (ef_pd_flags)                           pd u32                                        0
 //	0x03  REG_MEM     pd u32, flags u32 (=0), size u64 (bytes,          memreg u32, chunk u32 (2^n, 2048..65536),     1: memory (memfd)
 //	                  multiple of 2048, <= 64 GiB)                      size u64 (multiple of chunk)
-//	0x04  ALLOC_VI    pd u32, memreg u32, evq i32, rxq i32, txq i32     vi u32, flags u32, queue u32, evq u32,        1: the VI (XSK)
-//	                  (each -1 default, 0 none, <= 65536; not rxq=txq=0), rx u32, tx u32, fill u32, comp u32
-//	                  flags u32 (ef_vi_flags)                           (0 or 2^n <= 2^20), frame u32 (2^n,
-//	                                                                    2048..65536), headroom u32 (< frame)
+//	0x04  ALLOC_VI    pd u32, memreg u32, evq i32, rxq i32, txq i32     vi u32, flags u32, queue u32, evq u32         1: the VI (XSK)
+//	                  (each -1 default, 0 none, <= 65536; not rxq=txq=0), (<= 2^21), rx u32, tx u32, fill u32, comp u32
+//	                  flags u32 (ef_vi_flags)                           (0 or 2^n <= 2^20; rx and fill both 0 or both
+//	                                                                    not, tx and comp too; not all 0), frame u32
+//	                                                                    (2^n, 2048..65536), headroom u32 (< frame)
 //	0x05  FILTER_ADD  vi u32, flags u32 (ef_filter_flags),              cookie u64                                    0
 //	                  spec str (1..256, efsink grammar)
 //	0x06  FILTER_DEL  vi u32, rsvd u32, cookie u64                      (empty)                                       0
@@ -77,10 +83,11 @@
 //     connection closed. The session is created at HELLO; caps in the HELLO
 //     reply are the intersection of both sides' caps; version is the lower of
 //     the two. No HELLO within Config.HelloTimeout closes the connection.
-//   - Malformed requests (bad length, out-of-range field, bad UTF-8, trailing
-//     bytes, fds attached, request before HELLO (EPROTO), second HELLO
-//     (EPROTO), oversize record (EMSGSIZE), unsupported frame version
-//     (EPROTONOSUPPORT)) get an ERROR (EINVAL unless said) and count; after
+//   - Malformed requests (request id 0, bad length, out-of-range field, bad
+//     UTF-8, trailing bytes, fds attached, a known request before HELLO
+//     (EPROTO), second HELLO (EPROTO), oversize record (EMSGSIZE),
+//     unsupported frame version (EPROTONOSUPPORT)) get an ERROR (EINVAL
+//     unless said) and count; after
 //     Config.MaxMalformed of them the connection is closed after the reply. An
 //     undecodable header (shorter than 12 bytes, wrong magic) closes the
 //     connection without a reply. Unknown request types get EOPNOTSUPP and do
@@ -88,8 +95,15 @@
 //   - Session errors carry ef_vi's errno values (EPERM, EEXIST, EBUSY, EINVAL,
 //     EPROTONOSUPPORT, ENOMEM, ...); a client sees them as an [*Error], so
 //     errors.Is(err, syscall.EEXIST) works.
-//   - Over Config.MaxConns concurrent sessions, a new connection's first
-//     request gets EBUSY and the connection is closed.
+//   - Over Config.MaxConns concurrent sessions, a HELLO gets EBUSY and the
+//     connection is closed. A session slot is taken at HELLO: connections
+//     that have not said HELLO hold none (at most Config.MaxPending of them
+//     wait, each for at most Config.HelloTimeout; more are closed at accept).
+//   - Timeouts: after HELLO, a connection with no request for
+//     Config.IdleTimeout is closed unless its session holds resources (a pod
+//     keeps its connection open and silent while it uses its VI); every reply
+//     must be sent within Config.WriteTimeout, or the connection is closed (a
+//     client that does not read its replies frees its session).
 //
 // # Ownership of file descriptors
 //

@@ -245,3 +245,6 @@ func (f *fakeFactory) count() int {
 	defer f.mu.Unlock()
 	return len(f.sessions)
 }
+
+// Holding implements Holder: a session holding anything is kept while idle.
+func (s *fakeSession) Holding() bool { return s.held() > 0 }

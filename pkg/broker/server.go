@@ -134,16 +134,47 @@ type Config struct {
 	Authorizer Authorizer
 	// Sessions makes a Session per connection. Required.
 	Sessions SessionFactory
-	// MaxConns bounds concurrent sessions (default 4). Extra connections get
-	// EBUSY to their first request and are closed.
+	// MaxConns bounds concurrent sessions (default 4). A session's slot is
+	// taken at HELLO, so connections that never say HELLO hold none; a HELLO
+	// over the limit gets EBUSY and its connection is closed.
 	MaxConns int
+	// MaxPending bounds connections that have not said HELLO yet (default
+	// 2*MaxConns); more are closed at accept. HelloTimeout bounds how long
+	// each may stay pending.
+	MaxPending int
+	// MaxConnsSetting names where MaxConns is configured (e.g.
+	// "pools[0].limits.connections"), for the EBUSY message; optional.
+	MaxConnsSetting string
 	// MaxMalformed closes a connection after this many malformed frames
 	// (default 3). An undecodable header closes it at once.
 	MaxMalformed int
 	// HelloTimeout closes a connection that sends no HELLO in time (default 10s).
 	HelloTimeout time.Duration
+	// IdleTimeout closes a connection that sends no request for this long
+	// after HELLO (default DefaultIdleTimeout), unless its session holds
+	// resources (it implements [Holder] and says so): a pod keeps its
+	// connection open, silent, for as long as it uses its VI.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds sending each reply (default DefaultWriteTimeout):
+	// a client that does not read its replies is disconnected, and its
+	// session closed, instead of holding a server goroutine in sendmsg.
+	WriteTimeout time.Duration
 	// Logger for structured logs; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// Timeout defaults (see Config).
+const (
+	DefaultHelloTimeout = 10 * time.Second
+	DefaultIdleTimeout  = 5 * time.Minute
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// Holder is optionally implemented by a Session: Holding reports whether the
+// client holds resources (a VI) that end with its connection. An idle
+// connection whose session is holding is kept (IdleTimeout re-arms).
+type Holder interface {
+	Holding() bool
 }
 
 // Server serves the broker protocol on one unix socket.
@@ -152,8 +183,8 @@ type Server struct {
 	ln   *net.UnixListener
 	ino  uint64
 	log  *slog.Logger
-	sem  chan struct{} // active sessions
-	rej  chan struct{} // connections being rejected with EBUSY
+	sem  chan struct{} // active sessions (taken at HELLO)
+	pend chan struct{} // connections not yet past HELLO
 	mu   sync.Mutex
 	stop context.CancelFunc
 	done bool
@@ -187,8 +218,17 @@ func Listen(cfg Config) (*Server, error) {
 	if cfg.MaxMalformed <= 0 {
 		cfg.MaxMalformed = 3
 	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 2 * cfg.MaxConns
+	}
 	if cfg.HelloTimeout <= 0 {
-		cfg.HelloTimeout = 10 * time.Second
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -238,12 +278,12 @@ func Listen(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("broker listen %s: %w", cfg.Path, err)
 	}
 	return &Server{
-		cfg: cfg,
-		ln:  ln.(*net.UnixListener),
-		ino: st.Ino,
-		log: cfg.Logger.With("socket", cfg.Path),
-		sem: make(chan struct{}, cfg.MaxConns),
-		rej: make(chan struct{}, cfg.MaxConns),
+		cfg:  cfg,
+		ln:   ln.(*net.UnixListener),
+		ino:  st.Ino,
+		log:  cfg.Logger.With("socket", cfg.Path),
+		sem:  make(chan struct{}, cfg.MaxConns),
+		pend: make(chan struct{}, cfg.MaxPending),
 	}, nil
 }
 
@@ -287,26 +327,17 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("broker serve %s: accept: %w", s.cfg.Path, err)
 		}
-		var reject *Error
-		var release chan struct{}
 		select {
-		case s.sem <- struct{}{}:
-			release = s.sem
+		case s.pend <- struct{}{}:
 		default:
-			select {
-			case s.rej <- struct{}{}:
-				release = s.rej
-				reject = Errorf(syscall.EBUSY, "too many connections on this broker socket (limit %d)", s.cfg.MaxConns)
-			default:
-				s.log.Warn("broker connection dropped: over limit")
-				_ = c.Close()
-				continue
-			}
+			s.log.Warn("broker connection dropped: too many connections waiting for HELLO", "max_pending", s.cfg.MaxPending)
+			_ = c.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveConn(ctx, c, reject, sync.OnceFunc(func() { <-release }))
+			s.serveConn(ctx, c)
 		}()
 	}
 }
@@ -365,11 +396,12 @@ func peerCred(c *net.UnixConn) (Peer, error) {
 	return Peer{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
-// serveConn runs one connection. release frees its connection slot; it is
-// called once the session is closed (before the BYE reply, so a client that
-// said BYE can reconnect at once).
-func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error, release func()) {
-	defer release()
+// serveConn runs one connection. It holds a pending slot until HELLO and a
+// session slot from HELLO until the session is closed (before the BYE reply,
+// so a client that said BYE can reconnect at once).
+func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
+	slots := &connSlots{srv: s, pending: true}
+	defer slots.release()
 	defer c.Close()
 	peer, err := peerCred(c)
 	if err != nil {
@@ -377,18 +409,17 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error, 
 		return
 	}
 	log := s.log.With("pid", peer.PID, "uid", peer.UID, "gid", peer.GID)
-	if reject == nil {
-		if err := s.cfg.Authorizer.Authorize(ctx, peer); err != nil {
-			reject = Errorf(syscall.EPERM, "peer %v not authorized: %v", peer, err)
-			log.Warn("broker peer rejected", "err", err)
-		}
+	var reject *Error
+	if err := s.cfg.Authorizer.Authorize(ctx, peer); err != nil {
+		reject = Errorf(syscall.EPERM, "peer %v not authorized: %v", peer, err)
+		log.Warn("broker peer rejected", "err", err)
 	}
 	fc, err := newFrameConn(c)
 	if err != nil {
 		log.Warn("broker connection dropped", "err", err)
 		return
 	}
-	cs := &connState{srv: s, peer: peer, log: log, reject: reject, release: release}
+	cs := &connState{srv: s, peer: peer, log: log, reject: reject, slots: slots}
 	defer cs.close()
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	defer stop()
@@ -398,8 +429,14 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error, 
 		frame, fds, fl, err := fc.read()
 		if err != nil {
 			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded):
+			case errors.Is(err, os.ErrDeadlineExceeded) && cs.sess == nil:
 				log.Warn("broker connection closed: no HELLO in time", "timeout", s.cfg.HelloTimeout)
+			case errors.Is(err, os.ErrDeadlineExceeded) && cs.holding():
+				// Idle, but the client holds a VI: keep it.
+				_ = c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+				continue
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				log.Warn("broker connection closed: idle and holding nothing", "timeout", s.cfg.IdleTimeout)
 			case isClosed(err) || ctx.Err() != nil:
 				log.Debug("broker connection closed", "err", err)
 			default:
@@ -409,18 +446,22 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, reject *Error, 
 		}
 		// Requests never carry fds: close any a client sent.
 		closeFDs(fds)
-		wasHello := cs.sess != nil
 		out, pass, closeAfter := cs.handle(ctx, frame, fl, len(fds))
-		if !wasHello && cs.sess != nil {
-			_ = c.SetReadDeadline(time.Time{})
+		if cs.sess != nil {
+			_ = c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		}
 		var werr error
 		if out != nil {
+			_ = c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 			werr = fc.write(out, rawFDs(pass))
 		}
 		releaseFDs(pass)
 		if werr != nil {
-			log.Warn("broker reply not sent", "err", werr)
+			if errors.Is(werr, os.ErrDeadlineExceeded) {
+				log.Warn("broker connection closed: the client does not read its replies", "timeout", s.cfg.WriteTimeout)
+			} else {
+				log.Warn("broker reply not sent", "err", werr)
+			}
 			return
 		}
 		if closeAfter {
@@ -458,7 +499,50 @@ type connState struct {
 	sess      Session
 	malformed int
 	closed    bool
-	release   func() // frees the connection slot; may be nil
+	slots     *connSlots // may be nil (fuzzing)
+}
+
+// connSlots is what one connection holds of the server's limits: a pending
+// slot until HELLO, then a session slot until its session is closed.
+type connSlots struct {
+	srv     *Server
+	pending bool
+	session bool
+}
+
+// takeSession moves the connection from pending to a session slot; false if
+// every session slot is taken.
+func (cs *connSlots) takeSession() bool {
+	select {
+	case cs.srv.sem <- struct{}{}:
+	default:
+		return false
+	}
+	cs.session = true
+	cs.releasePending()
+	return true
+}
+
+func (cs *connSlots) releasePending() {
+	if cs.pending {
+		cs.pending = false
+		<-cs.srv.pend
+	}
+}
+
+// release frees whatever the connection still holds (idempotent).
+func (cs *connSlots) release() {
+	cs.releasePending()
+	if cs.session {
+		cs.session = false
+		<-cs.srv.sem
+	}
+}
+
+// holding reports whether the session holds resources (see Holder).
+func (cs *connState) holding() bool {
+	h, ok := cs.sess.(Holder)
+	return ok && h.Holding()
 }
 
 // close closes the session (once) and then frees the connection slot.
@@ -474,8 +558,8 @@ func (cs *connState) close() {
 			cs.log.Info("broker session closed")
 		}
 	}
-	if cs.release != nil {
-		cs.release()
+	if cs.slots != nil {
+		cs.slots.release()
 	}
 }
 
@@ -494,6 +578,8 @@ func (cs *connState) handle(ctx context.Context, frame []byte, fl recvFlags, nfd
 		return cs.errorFrame(h, cs.reject), nil, true
 	}
 	switch {
+	case h.ID == 0:
+		err = Errorf(syscall.EINVAL, "frame %v has request id 0; ids are chosen by the client and never 0", h.Type)
 	case fl.truncated:
 		err = Errorf(syscall.EMSGSIZE, "frame %v id %d longer than the %d-byte limit", h.Type, h.ID, MaxMessageSize)
 	case nfds > 0 || fl.ctruncated:
@@ -547,6 +633,14 @@ func (cs *connState) handle(ctx context.Context, frame []byte, fl recvFlags, nfd
 }
 
 func (cs *connState) hello(ctx context.Context, h Header, req *HelloRequest) ([]byte, []FD, bool) {
+	if cs.slots != nil && !cs.slots.takeSession() {
+		cs.log.Warn("broker session refused: every session slot is taken", "max_conns", cs.srv.cfg.MaxConns)
+		where := ""
+		if cs.srv.cfg.MaxConnsSetting != "" {
+			where = ", set by " + cs.srv.cfg.MaxConnsSetting
+		}
+		return cs.errorFrame(h, Errorf(syscall.EBUSY, "too many sessions on this broker socket (limit %d%s); close one first", cs.srv.cfg.MaxConns, where)), nil, true
+	}
 	sess, err := cs.srv.cfg.Sessions.NewSession(ctx, cs.peer)
 	if err != nil {
 		cs.log.Warn("broker session refused", "err", err)

@@ -810,3 +810,125 @@ func BenchmarkAllocVIRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// TestRequestIDZeroRefused: ids are never 0 (package doc); a request with id
+// 0 is malformed, before and after HELLO, and its ERROR echoes id 0.
+func TestRequestIDZeroRefused(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxMalformed = 3 })
+	r := dialRaw(t, ts.path)
+	r.send(helloFrame(0))
+	r.wantErr(0, syscall.EINVAL)
+	if ts.fact.count() != 0 {
+		t.Fatal("a HELLO with id 0 created a session")
+	}
+	r.send(helloFrame(1))
+	if h, m, closed := r.recv(); closed || h.Type != TypeHello.Reply() || h.ID != 1 {
+		t.Fatalf("hello reply %v %+v closed=%v", h.Type, m, closed)
+	}
+	s := nextSession(t, ts.fact)
+	r.send(frame(TypeAllocPD, 0, payload(uint32(0))))
+	r.wantErr(0, syscall.EINVAL)
+	if s.held() != 0 {
+		t.Fatal("ALLOC_PD with id 0 reached the session")
+	}
+	r.send(frame(TypeBye, 0, nil)) // third malformed frame: closed after the reply
+	r.wantErr(0, syscall.EINVAL)
+	r.wantClosed()
+}
+
+// TestSilentConnectionsHoldNoSessionSlot: connections that never say HELLO
+// take no session slot (the slot is taken at HELLO), so a well-behaved
+// client still gets in while they wait for their HELLO deadline.
+func TestSilentConnectionsHoldNoSessionSlot(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxConns = 2; c.MaxPending = 8; c.HelloTimeout = time.Hour })
+	for range 4 {
+		dialRaw(t, ts.path) // silent
+	}
+	c1 := dial(t, ts.path)
+	dial(t, ts.path)
+	_, err := Dial(context.Background(), ts.path)
+	if !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("third session with MaxConns 2: %v, want EBUSY", err)
+	}
+	t.Log(err)
+	c1.Close()
+	dial(t, ts.path)
+}
+
+// TestPendingLimit: over MaxPending connections waiting for HELLO, new ones
+// are closed at once; a pending one that says HELLO still gets in.
+func TestPendingLimit(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxPending = 2; c.HelloTimeout = time.Hour })
+	r1 := dialRaw(t, ts.path)
+	dialRaw(t, ts.path)
+	dialRaw(t, ts.path).wantClosed()
+	r1.send(helloFrame(1))
+	if h, _, closed := r1.recv(); closed || h.Type != TypeHello.Reply() {
+		t.Fatalf("pending connection's HELLO: %v closed=%v", h.Type, closed)
+	}
+	dial(t, ts.path) // r1 left the pending set at HELLO
+}
+
+// TestIdleTimeout: a session idle past IdleTimeout is closed when it holds
+// nothing, kept when it holds resources (a pod's silent VI connection).
+func TestIdleTimeout(t *testing.T) {
+	const idle = 50 * time.Millisecond
+	ts := startServer(t, func(c *Config) { c.IdleTimeout = idle })
+	dial(t, ts.path)
+	s := nextSession(t, ts.fact)
+	waitClosed(t, s) // idle and holding nothing
+
+	c := dial(t, ts.path)
+	s2 := nextSession(t, ts.fact)
+	if _, err := c.AllocPD(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * idle) // several idle periods pass
+	if s2.closes.Load() != 0 {
+		t.Fatal("an idle session holding resources was closed")
+	}
+	if _, err := c.AllocPD(context.Background(), 0); err != nil {
+		t.Fatalf("holding session after idle periods: %v", err)
+	}
+}
+
+// TestWriteTimeout: a client that sends requests and never reads the replies
+// fills its socket; the server's reply times out, the connection is closed
+// and the session freed, instead of a server goroutine blocking in sendmsg.
+func TestWriteTimeout(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.WriteTimeout = 100 * time.Millisecond })
+	r := dialRaw(t, ts.path)
+	r.send(helloFrame(1))
+	if h, _, closed := r.recv(); closed || h.Type != TypeHello.Reply() {
+		t.Fatalf("hello: %v closed=%v", h.Type, closed)
+	}
+	s := nextSession(t, ts.fact)
+	// Unknown request types are answered and not counted as malformed: an
+	// endless supply of replies the client never reads.
+	raw, err := r.c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := frame(0x42, 2, nil)
+	deadline := time.Now().Add(waitFor)
+	for sent := 0; s.closes.Load() == 0; {
+		var serr error
+		_ = raw.Control(func(fd uintptr) { serr = unix.Sendmsg(int(fd), f, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL) })
+		switch {
+		case serr == nil:
+			sent++
+		case errors.Is(serr, unix.EAGAIN):
+			time.Sleep(10 * time.Millisecond) // both directions full: the server is stuck in its reply
+		case errors.Is(serr, unix.EPIPE), errors.Is(serr, unix.ECONNRESET):
+			t.Logf("server closed the connection after %d unread replies", sent)
+			waitClosed(t, s)
+			return
+		default:
+			t.Fatalf("send: %v", serr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session still open after %d unread replies", sent)
+		}
+	}
+	waitClosed(t, s)
+}

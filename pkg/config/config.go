@@ -40,6 +40,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
 
@@ -138,6 +139,51 @@ type Pool struct {
 	VIsPerPort   int          `json:"visPerPort,omitempty"`
 	Policy       Policy       `json:"policy,omitempty"`
 	FilterPolicy FilterPolicy `json:"filterPolicy,omitempty"`
+	// Limits bound what one allocation (one container's VIs) may hold.
+	Limits Limits `json:"limits,omitempty"`
+}
+
+// Limits bound the node resources one allocation may hold, so one pod
+// cannot exhaust the node. They are counted per allocation over all its
+// broker connections, and a VI's memory stays counted until the kernel has
+// really freed it (every holder closed the VI's socket). Zero fields take
+// the defaults below.
+type Limits struct {
+	// PinnedMemory bounds the packet memory (UMEM) the allocation's VIs
+	// pin in the kernel, plus regions registered but not yet used, e.g.
+	// "1Gi" (default DefaultPinnedMemory).
+	PinnedMemory string `json:"pinnedMemory,omitempty"`
+	// VIs bounds the allocation's live VI sockets, including ones its
+	// earlier connections left open (default DefaultLimitVIs).
+	VIs int `json:"vis,omitempty"`
+	// Filters bounds the filters the allocation's SDK sessions add at run
+	// time (default DefaultLimitFilters).
+	Filters int `json:"filters,omitempty"`
+	// Connections bounds concurrent broker sessions (default
+	// DefaultLimitConnections).
+	Connections int `json:"connections,omitempty"`
+}
+
+// Limit defaults: a 4-VI pod (4 x 16 MiB UMEM from the SDK, a handful of
+// filters per VI, one connection per process) stays far below them, and a
+// 2-core node with a few such pods keeps its memory.
+const (
+	DefaultPinnedMemory     = "1Gi"
+	DefaultLimitVIs         = 16
+	DefaultLimitFilters     = 512
+	DefaultLimitConnections = 4
+	// MaxLimitFilters is the data plane's filter capacity per port.
+	MaxLimitFilters = 16384
+)
+
+// PinnedBytes returns the pinned-memory limit in bytes (the default's if
+// unset or invalid; Validate reports invalid ones).
+func (l Limits) PinnedBytes() uint64 {
+	q, err := resource.ParseQuantity(l.PinnedMemory)
+	if err != nil || q.Sign() <= 0 {
+		q = resource.MustParse(DefaultPinnedMemory)
+	}
+	return uint64(q.Value())
 }
 
 // Selector picks ports. A port matches when it matches every non-empty list
@@ -267,6 +313,7 @@ func (c *Config) SetDefaults() {
 		if p.Backend == Hardware && p.VIsPerPort == 0 {
 			p.VIsPerPort = DefaultHardwareVIsPerPort
 		}
+		p.Limits.setDefaults()
 	}
 }
 
@@ -379,6 +426,7 @@ func (c *Config) Validate() error {
 				add(fmt.Sprintf("%s.selector.macs[%d]", pp, j), "must be an Ethernet MAC such as \"00:0f:53:01:02:03\", got %q", m)
 			}
 		}
+		p.Limits.validate(pp, add)
 		nss := make([]string, 0, len(p.FilterPolicy.Namespaces))
 		for ns := range p.FilterPolicy.Namespaces {
 			nss = append(nss, ns)
@@ -391,4 +439,45 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (l *Limits) setDefaults() {
+	if l.PinnedMemory == "" {
+		l.PinnedMemory = DefaultPinnedMemory
+	}
+	if l.VIs == 0 {
+		l.VIs = DefaultLimitVIs
+	}
+	if l.Filters == 0 {
+		l.Filters = DefaultLimitFilters
+	}
+	if l.Connections == 0 {
+		l.Connections = DefaultLimitConnections
+	}
+}
+
+// validate adds a problem per bad limit of pool path pp.
+func (l Limits) validate(pp string, add func(path, format string, args ...any)) {
+	if q, err := resource.ParseQuantity(l.PinnedMemory); err != nil || q.Value() < 1<<20 || q.Value() > 1<<40 {
+		add(pp+".limits.pinnedMemory", "must be a quantity of 1Mi..1Ti such as \"1Gi\", got %q", l.PinnedMemory)
+	}
+	if l.VIs < 1 || l.VIs > MaxVIsPerPort {
+		add(pp+".limits.vis", "must be 1..%d, got %d", MaxVIsPerPort, l.VIs)
+	}
+	if l.Filters < 1 || l.Filters > MaxLimitFilters {
+		add(pp+".limits.filters", "must be 1..%d, got %d", MaxLimitFilters, l.Filters)
+	}
+	if l.Connections < 1 || l.Connections > 64 {
+		add(pp+".limits.connections", "must be 1..64, got %d", l.Connections)
+	}
+}
+
+// PoolByName returns the pool called name.
+func (c *Config) PoolByName(name string) (Pool, bool) {
+	for _, p := range c.Pools {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Pool{}, false
 }

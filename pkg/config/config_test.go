@@ -268,3 +268,27 @@ func normalize(c *Config) *Config {
 	}
 	return &cc
 }
+
+func TestPoolLimits(t *testing.T) {
+	c, err := Parse([]byte(goodYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Pools[0].Limits
+	if l.PinnedBytes() != 1<<30 || l.VIs != DefaultLimitVIs || l.Filters != DefaultLimitFilters || l.Connections != DefaultLimitConnections {
+		t.Errorf("default limits %+v (pinned %d)", l, l.PinnedBytes())
+	}
+	c, err = Parse([]byte(strings.Replace(goodYAML, "  policy: pack\n", "  policy: pack\n  limits: {pinnedMemory: 256Mi, vis: 4, filters: 64, connections: 2}\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Pools[0].Limits; l.PinnedBytes() != 256<<20 || l.VIs != 4 || l.Filters != 64 || l.Connections != 2 {
+		t.Errorf("limits %+v", l)
+	}
+	_, err = Parse([]byte(strings.Replace(goodYAML, "  policy: pack\n", "  policy: pack\n  limits: {pinnedMemory: lots, vis: -1, filters: 100000, connections: 65}\n", 1)))
+	for _, want := range []string{"pools[0].limits.pinnedMemory", "pools[0].limits.vis", "pools[0].limits.filters", "pools[0].limits.connections"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("bad limits: error %v does not name %s", err, want)
+		}
+	}
+}

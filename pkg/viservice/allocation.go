@@ -15,16 +15,28 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
 
-// Limits bound what one client may hold.
+// Limits bound what one allocation may hold, over all its sessions (see
+// account.go), and what one session may hold (MaxPDs, MaxMemReg).
 type Limits struct {
-	MaxMemory uint64 // bytes of packet memory per session (default 1 GiB)
-	MaxPDs    int    // default 16
-	MaxMemReg int    // default 16
+	MaxMemory  uint64 // bytes of pinned packet memory per allocation (default 1 GiB)
+	MaxVIs     int    // live VI sockets per allocation (default 16)
+	MaxFilters int    // filters added by sessions, per allocation (default 512)
+	MaxPDs     int    // per session, default 16
+	MaxMemReg  int    // per session, default 16
+	// Setting is the config path of these limits (e.g. "pools[0].limits"),
+	// named in the error a pod gets over a limit.
+	Setting string
 }
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxMemory == 0 {
 		l.MaxMemory = 1 << 30
+	}
+	if l.MaxVIs == 0 {
+		l.MaxVIs = 16
+	}
+	if l.MaxFilters == 0 {
+		l.MaxFilters = 512
 	}
 	if l.MaxPDs == 0 {
 		l.MaxPDs = 16
@@ -44,6 +56,8 @@ type Allocation struct {
 	Devices []string // device ids, "<port>-vi<N>"
 	Limits  Limits
 	Logger  *slog.Logger
+	// Prober tells when the kernel has freed a VI socket (nil: xsk.Prober).
+	Prober SocketProber
 
 	slots []uint32 // sorted
 
@@ -52,6 +66,9 @@ type Allocation struct {
 	inUse    map[uint32]bool // slots with a session's socket attached
 	socks    sockRefs        // the sessions' live XSKs by slot, for diagnostics (inspect.go)
 	detached bool
+
+	acct          account
+	limitReporter func(msg string)
 }
 
 // NewAllocation checks the device ids against the port and returns the

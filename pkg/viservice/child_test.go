@@ -21,6 +21,13 @@ import (
 const childEnv = "VISERVICE_TEST_CHILD"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(attackEnv) != "" {
+		if err := attackMain(os.Getenv(attackEnv)); err != nil {
+			fmt.Fprintf(os.Stderr, "attacker: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(childEnv) != "" {
 		if err := podMain(); err != nil {
 			fmt.Fprintf(os.Stderr, "pod: %v\n", err)

@@ -30,6 +30,16 @@ type memRegion struct {
 	file *os.File
 	size uint64
 	refs int // VIs using it
+	// charged: its bytes moved to the socket that pins them (account.go);
+	// otherwise they count as a registered region until freed.
+	charged bool
+}
+
+// releaseMem uncounts a region that never backed a VI.
+func (s *session) releaseMem(m *memRegion) {
+	if !m.charged {
+		s.alloc.releaseRegion(m.size)
+	}
 }
 
 type vi struct {
@@ -48,7 +58,6 @@ type session struct {
 	log    *slog.Logger
 
 	nextPD, nextMem uint32
-	memTotal        uint64
 	pds             map[broker.PDID]bool
 	mems            map[broker.MemRegID]*memRegion
 	vis             map[broker.VIID]*vi
@@ -86,17 +95,17 @@ func (s *session) RegisterMemory(_ context.Context, req *broker.RegMemRequest) (
 	}
 	// A UMEM must be a whole number of pages; 2 KiB buffers come in pairs.
 	size := (req.Size + uint64(os.Getpagesize()) - 1) &^ uint64(os.Getpagesize()-1)
-	if size == 0 || s.memTotal+size > s.limits.MaxMemory {
-		return nil, broker.FD{}, broker.Errorf(syscall.ENOMEM, "register memory: %d bytes would exceed this client's limit of %d bytes", size, s.limits.MaxMemory)
+	if err := s.alloc.chargeRegion(size); err != nil {
+		return nil, broker.FD{}, err
 	}
 	f, err := xsk.NewMemfd(fmt.Sprintf("efvi-%s", s.alloc.Pool), int(size))
 	if err != nil {
+		s.alloc.releaseRegion(size)
 		return nil, broker.FD{}, fmt.Errorf("register memory of %d bytes: %w", size, err)
 	}
 	s.nextMem++
 	m := &memRegion{id: broker.MemRegID(s.nextMem), pd: req.PD, file: f, size: size}
 	s.mems[m.id] = m
-	s.memTotal += size
 	return &broker.RegMemReply{MemReg: m.id, ChunkSize: xsk.DefaultFrameSize, Size: size}, broker.LendFD(int(f.Fd())), nil
 }
 
@@ -136,6 +145,17 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*bro
 	if err != nil {
 		return nil, broker.FD{}, err
 	}
+	if err := s.alloc.checkVI(); err != nil {
+		return nil, broker.FD{}, err
+	}
+	if m.charged {
+		// Its bytes went to an earlier VI's socket, which may still live
+		// (in the pod): a new socket pins the pages again.
+		if err := s.alloc.chargeRegion(m.size); err != nil {
+			return nil, broker.FD{}, err
+		}
+		m.charged = false
+	}
 	slot, ok := s.alloc.claimSlot()
 	if !ok {
 		return nil, broker.FD{}, broker.Errorf(syscall.EBUSY, "alloc VI: every VI slot of this allocation (%v) is in use; free one or request more %s VIs", s.alloc.Devices, s.alloc.Pool)
@@ -161,6 +181,14 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*bro
 	if err != nil {
 		return fail(fmt.Errorf("alloc VI slot %d: AF_XDP socket on %s: %w", slot, dv.PeerName(), err))
 	}
+	ino, err := xsk.Inode(sock.FD)
+	if err != nil {
+		sock.Close()
+		return fail(fmt.Errorf("alloc VI slot %d: %w", slot, err))
+	}
+	// From here the UMEM is pinned for as long as the socket lives.
+	s.alloc.chargeXSK(ino, m.size)
+	m.charged = true
 	if err := dv.AttachXSK(int(sock.FD.Fd())); err != nil {
 		sock.Close()
 		return fail(fmt.Errorf("alloc VI slot %d: attach socket: %w", slot, err))
@@ -191,6 +219,15 @@ func (s *session) FilterAdd(_ context.Context, req *broker.FilterAddRequest) (*b
 		return nil, err
 	}
 	pol := s.alloc.Policy()
+	if err := s.alloc.chargeFilter(); err != nil {
+		return nil, err
+	}
+	added := false
+	defer func() {
+		if !added {
+			s.alloc.releaseFilters(1)
+		}
+	}()
 	spec, err := filter.ParseWithDefaultHost(req.Spec, defaultHost(pol))
 	if err != nil {
 		if !defaultHost(pol).IsValid() {
@@ -204,6 +241,7 @@ func (s *session) FilterAdd(_ context.Context, req *broker.FilterAddRequest) (*b
 		return nil, err
 	}
 	v.cookie[broker.FilterCookie(cookie)] = spec
+	added = true
 	s.log.Info("filter added", "vi", v.slot, "filter", spec.String(), "cookie", cookie)
 	return &broker.FilterAddReply{Cookie: broker.FilterCookie(cookie)}, nil
 }
@@ -220,6 +258,7 @@ func (s *session) FilterDel(_ context.Context, req *broker.FilterDelRequest) err
 		return err
 	}
 	delete(v.cookie, req.Cookie)
+	s.alloc.releaseFilters(1)
 	return nil
 }
 
@@ -265,6 +304,7 @@ func (s *session) freeVI(v *vi) error {
 	}
 	s.alloc.untrackSocket(v.slot)
 	errs = append(errs, s.alloc.Port.removeCookies(filter.VIID(v.slot), cookies), v.sock.Close())
+	s.alloc.releaseFilters(len(cookies))
 	v.mem.refs--
 	delete(s.vis, v.id)
 	s.alloc.releaseSlot(v.slot)
@@ -290,7 +330,7 @@ func (s *session) FreeMem(_ context.Context, req *broker.FreeMemRequest) error {
 		return broker.Errorf(syscall.EBUSY, "free memory: region %d still backs a VI; free the VI first", req.MemReg)
 	}
 	delete(s.mems, m.id)
-	s.memTotal -= m.size
+	s.releaseMem(m)
 	return m.file.Close()
 }
 
@@ -326,6 +366,7 @@ func (s *session) Close() error {
 		errs = append(errs, s.freeVI(v))
 	}
 	for _, m := range s.mems {
+		s.releaseMem(m)
 		errs = append(errs, m.file.Close())
 	}
 	s.mems, s.pds = nil, nil

@@ -58,6 +58,9 @@ import (
 const (
 	ReasonInstalled = "FilterInstalled"
 	ReasonRefused   = "FilterRefused"
+	// ReasonLimit: the pod hit one of its pool's per-allocation limits
+	// (pools[].limits); the message names the limit and the field.
+	ReasonLimit = "VILimitExceeded"
 )
 
 // DeviceLister is the part of the kubelet PodResources API the service uses;
@@ -251,6 +254,7 @@ func (s *Service) Add(ctx context.Context, a *cniapi.Attachment) (*cniapi.AddRes
 		if err := pa.alloc.SetPolicy(s.policy(pa.alloc.Pool, a.PodNamespace, a.IPs)); err != nil {
 			return nil, cniapi.Errorf(cniapi.CodeInternal, err.Error(), "pod %s: set the filter policy of allocation %s", pod, pa.id)
 		}
+		pa.alloc.SetLimitReporter(func(msg string) { s.event(obj, corev1.EventTypeWarning, ReasonLimit, msg) })
 	}
 	first := allocs[0].alloc
 	devices := slices.Clone(first.Devices)

@@ -85,6 +85,7 @@ type Backend struct {
 	planes  map[string]*dataplane.Port // by port name
 	failed  map[string]error           // ports whose data plane failed to open
 	served  map[string]*served         // by allocation id
+	limits  map[string]config.Limits   // by pool name
 }
 
 type served struct {
@@ -185,6 +186,12 @@ func (b *Backend) OnPoolPorts(pool config.Pool, ports []discovery.Port) {
 	if pool.Backend != config.Software {
 		return
 	}
+	b.mu.Lock()
+	if b.limits == nil {
+		b.limits = map[string]config.Limits{}
+	}
+	b.limits[pool.Name] = pool.Limits
+	b.mu.Unlock()
 	slots := make([]uint32, pool.VIsPerPort)
 	for i := range slots {
 		slots[i] = uint32(i)
@@ -307,12 +314,15 @@ func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) 
 	if err != nil {
 		return m, err
 	}
+	lim, setting := b.poolLimits(req.Pool)
+	alloc.Limits = viservice.Limits{MaxMemory: lim.PinnedBytes(), MaxVIs: lim.VIs, MaxFilters: lim.Filters, Setting: setting}
 	if err := b.cfg.Registry.Add(req.AllocationID, alloc); err != nil {
 		return m, err
 	}
 	srv, err := broker.Listen(broker.Config{
 		Path: filepath.Join(m.HostPath, SocketName), Mode: 0o666,
 		Sessions: alloc, Authorizer: b.authorizerLocked(req), Logger: b.log,
+		MaxConns: lim.Connections, MaxConnsSetting: setting + ".connections",
 	})
 	if err != nil {
 		b.cfg.Registry.Remove(req.AllocationID)
@@ -329,6 +339,18 @@ func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) 
 	b.served[req.AllocationID] = s
 	b.log.Info("allocation served", "allocation", req.AllocationID, "pool", req.Pool, "devices", req.Devices)
 	return m, nil
+}
+
+// poolLimits returns a pool's per-allocation limits (defaults for a pool not
+// seen yet) and how messages name their config field. Call with b.mu held.
+func (b *Backend) poolLimits(pool string) (config.Limits, string) {
+	lim, ok := b.limits[pool]
+	if !ok {
+		c := config.Config{Pools: []config.Pool{{Name: pool}}}
+		c.SetDefaults()
+		lim = c.Pools[0].Limits
+	}
+	return lim, fmt.Sprintf("the agent config's pool %q pools[].limits", pool)
 }
 
 // onePort checks that every device of an allocation is on one port.

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrClosed is returned by a Client after Close.
@@ -148,6 +150,14 @@ func (c *Client) RegisterMemory(ctx context.Context, pd PDID, size uint64) (*Mem
 		return nil, fmt.Errorf("broker register memory (pd %d, %d bytes): %w", pd, size, err)
 	}
 	r := rep.(*RegMemReply)
+	// Populate the memory here, in the client, so its pages are charged to
+	// the client's memory cgroup (the pod's limit) rather than to the
+	// agent's, which pins them at ALLOC_VI; the agent refuses ALLOC_VI on
+	// an unpopulated region.
+	if err := unix.Fallocate(fds[0], 0, 0, int64(r.Size)); err != nil {
+		closeFDs(fds)
+		return nil, fmt.Errorf("broker register memory (pd %d, %d bytes): populate the region (charged to this pod's memory limit): %w", pd, size, err)
+	}
 	return &MemRegion{ID: r.MemReg, ChunkSize: r.ChunkSize, Size: r.Size,
 		File: os.NewFile(uintptr(fds[0]), fmt.Sprintf("efvi-memreg-%d", r.MemReg))}, nil
 }

@@ -105,6 +105,11 @@
 //     must be sent within Config.WriteTimeout, or the connection is closed (a
 //     client that does not read its replies frees its session).
 //
+//   - REG_MEM's memory is populated by the client (every page allocated,
+//     e.g. fallocate(2); [Client.RegisterMemory] does it) before ALLOC_VI
+//     uses it, so the pages are charged to the client's memory cgroup; the
+//     software backend answers ALLOC_VI on an unpopulated region with EINVAL.
+//
 // # Ownership of file descriptors
 //
 // A Session returns the fd to pass as an [FD]: [TransferFD] hands it to the

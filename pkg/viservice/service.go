@@ -9,7 +9,11 @@
 //   - ef_memreg_alloc → a sealed memfd of the requested size, created by the
 //     agent (which has CAP_IPC_LOCK, so the pod's memlock limit never applies)
 //     and passed to the pod. The agent keeps its own reference until the region
-//     is freed, to register it as the UMEM of the VIs that use it.
+//     is freed, to register it as the UMEM of the VIs that use it. The pod
+//     populates the memfd (fallocate; broker.Client.RegisterMemory does) before
+//     ALLOC_VI, which refuses an unpopulated region: the memory cgroup charges
+//     a shmem page to whoever allocates it, so the pod's memory limit pays for
+//     its packet memory, not the agent's, although the agent pins it.
 //   - ef_vi_alloc_from_pd → the data plane's veth pair for one of the
 //     allocation's VI slots, an AF_XDP socket bound to its inner end with the
 //     region as UMEM, inserted in the xskmap, and passed to the pod. The agent
@@ -22,6 +26,26 @@
 //   - closing the connection frees everything the client held: the filters it
 //     added, its sockets, its memory. The VI slot's data-plane veths stay
 //     while filters the CNI installed for the pod (an "attachment") remain.
+//
+// # Limits
+//
+// What an allocation holds is counted per allocation, over all its sessions
+// (Limits, account.go): pinned packet memory, live VI sockets and filters the
+// SDK added; the broker bounds its concurrent sessions. A VI socket and its
+// UMEM stay counted after the session that made it ends, for as long as the
+// kernel keeps the socket (the pod, or whoever it passed the fd to, still
+// holds it): the agent asks the kernel through sock_diag for AF_XDP
+// (xsk_diag). Without xsk_diag it scans /proc/*/fd instead, which cannot see
+// an fd in flight in a unix socket, so a pod hiding its fds there gets its
+// budget back early; load xsk_diag on nodes that run untrusted pods. Over a
+// limit the request fails with ENOMEM (memory), EBUSY (VIs, sessions) or
+// ENOSPC (filters), naming the limit's config field, and the limit reporter
+// (a pod event) is told.
+//
+// The memory charge is where it belongs in the normal case: the pages are
+// allocated by the pod. A pod that punches holes in its region between the
+// agent's check and the pinning makes the agent allocate those pages; that
+// is bounded by the pinned-memory limit, which counts them either way.
 //
 // Filters have two kinds of owner on a VI slot: the pod's SDK sessions
 // (removed when the session ends) and the node's CNI attachments (installed

@@ -9,6 +9,8 @@ import (
 	"os"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kube-efvi/kube-efvi/pkg/broker"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
@@ -33,6 +35,20 @@ type memRegion struct {
 	// charged: its bytes moved to the socket that pins them (account.go);
 	// otherwise they count as a registered region until freed.
 	charged bool
+}
+
+// checkPopulated refuses a region whose pages the client has not allocated:
+// the kernel would allocate them when the agent pins the UMEM, charging them
+// to the agent's memory cgroup instead of the pod's (see the package doc).
+func checkPopulated(m *memRegion) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(m.file.Fd()), &st); err != nil {
+		return fmt.Errorf("alloc VI: memory region %d: fstat: %w", m.id, err)
+	}
+	if have := uint64(st.Blocks) * 512; have < m.size {
+		return broker.Errorf(syscall.EINVAL, "alloc VI: memory region %d has %d of its %d bytes populated; the client populates it (fallocate, as broker.Client.RegisterMemory does) before ALLOC_VI so the pages are charged to the pod's memory limit", m.id, have, m.size)
+	}
+	return nil
 }
 
 // releaseMem uncounts a region that never backed a VI.
@@ -143,6 +159,9 @@ func (s *session) AllocVI(ctx context.Context, req *broker.AllocVIRequest) (*bro
 	}
 	evq, err := ringSize(req.EvqCap, rx, "evq")
 	if err != nil {
+		return nil, broker.FD{}, err
+	}
+	if err := checkPopulated(m); err != nil {
 		return nil, broker.FD{}, err
 	}
 	if err := s.alloc.checkVI(); err != nil {

@@ -104,7 +104,6 @@
 //     keeps its connection open and silent while it uses its VI); every reply
 //     must be sent within Config.WriteTimeout, or the connection is closed (a
 //     client that does not read its replies frees its session).
-//
 //   - REG_MEM's memory is populated by the client (every page allocated,
 //     e.g. fallocate(2); [Client.RegisterMemory] does it) before ALLOC_VI
 //     uses it, so the pages are charged to the client's memory cgroup; the

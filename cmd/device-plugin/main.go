@@ -189,7 +189,7 @@ func run() int {
 			}
 			return sw
 		},
-		Collectors:     []prometheus.Collector{metrics.NewVITrafficCollector(diag.VISamples)},
+		Collectors:     []prometheus.Collector{metrics.NewVITrafficCollector(diag.VISamples), metrics.NewAllocationCollector(diag.AllocationSamples)},
 		OnPoolPorts:    sw.OnPoolPorts,
 		SoftwareHealth: sw.Healthy,
 	})

@@ -29,7 +29,7 @@ const usage = `efvictl: kube-efvi diagnostics (run as root on the node, or kubec
 
 Usage:
   efvictl [flags] ports                      the node's ports and their data planes
-  efvictl [flags] vis     [target]           VIs by pod: slot, veths, allocation
+  efvictl [flags] vis     [target]           VIs by pod: slot, veths, allocation, its pinned memory
   efvictl [flags] filters [target]           filters with owner and hit counter
   efvictl [flags] stats   [target]           per-VI counters (ethtool -S / stackdump)
   efvictl [flags] watch   [target]           refreshing stats with rates (-interval 1s)
@@ -188,11 +188,14 @@ func portsTable(w io.Writer, ports []introspect.PortInfo) {
 }
 
 func visTable(w io.Writer, vis []introspect.VIInfo) {
-	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tPOOL\tSLOT\tVETH\tPEER (XSK)\tSOCKET\tALLOCATION")
+	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tPOOL\tSLOT\tVETH\tPEER (XSK)\tSOCKET\tALLOCATION\tPINNED\tALLOC VIS")
 	for _, v := range vis {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Device, v.Namespace, v.Pod, v.Pool, v.Slot, orDash(v.Veth), orDash(v.PeerVeth), yesNo(v.Socket), v.Allocation)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", v.Device, v.Namespace, v.Pod, v.Pool, v.Slot, orDash(v.Veth), orDash(v.PeerVeth), yesNo(v.Socket), v.Allocation, mib(v.AllocationPinnedBytes), v.AllocationVIs)
 	}
 }
+
+// mib shows a byte count in MiB (the allocation's pinned memory).
+func mib(b uint64) string { return fmt.Sprintf("%.1fMi", float64(b)/(1<<20)) }
 
 func filtersTable(w io.Writer, fs []introspect.FilterInfo) {
 	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tFILTER\tOWNER\tCOOKIE\tHITS")

@@ -120,6 +120,12 @@ type VIInfo struct {
 	PeerVeth  string `json:"peerVeth,omitempty"`
 	DataPlane bool   `json:"dataPlane"` // the slot's VI exists in the data plane
 	Socket    bool   `json:"socket"`    // a session of this agent holds its XSK
+	// AllocationPinnedBytes, AllocationVIs and AllocationFilters are the
+	// allocation's usage against its pool's limits (the same for every slot
+	// of the allocation; see viservice.Usage).
+	AllocationPinnedBytes uint64 `json:"allocationPinnedBytes"`
+	AllocationVIs         int    `json:"allocationVIs"`
+	AllocationFilters     int    `json:"allocationFilters"`
 }
 
 // FilterInfo is one installed filter.
@@ -355,6 +361,8 @@ func (in *Inspector) VIs(target string) ([]VIInfo, error) {
 		if v.alloc != nil {
 			info.Pool = v.alloc.Pool
 			_, info.Socket, _ = v.alloc.SocketStats(v.slot)
+			u := v.alloc.Usage()
+			info.AllocationPinnedBytes, info.AllocationVIs, info.AllocationFilters = u.PinnedBytes, u.VIs, u.Filters
 		}
 		if v.dataPlane != nil {
 			info.Veth, info.PeerVeth = v.dataPlane.Name(), v.dataPlane.PeerName()
@@ -485,6 +493,19 @@ func (in *Inspector) VISamples() []metrics.VISample {
 			m.RxInvalidDescs, m.TxInvalidDescs, m.RxDropped = s.Socket.RxInvalidDescs, s.Socket.TxInvalidDescs, s.Socket.RxDropped
 		}
 		out = append(out, m)
+	}
+	return out
+}
+
+// AllocationSamples feeds metrics.NewAllocationCollector: every registered
+// allocation's usage against its limits.
+func (in *Inspector) AllocationSamples() []metrics.AllocationSample {
+	var out []metrics.AllocationSample
+	for _, ref := range in.reg.Allocations() {
+		ns, pod, _ := in.pods(ref.ID)
+		u := ref.Allocation.Usage()
+		out = append(out, metrics.AllocationSample{Pool: ref.Allocation.Pool, Allocation: ref.ID, Namespace: ns, Pod: pod,
+			PinnedBytes: u.PinnedBytes, VIs: u.VIs, Filters: u.Filters})
 	}
 	return out
 }

@@ -262,6 +262,11 @@ func TestCountersAndDiagnostics(t *testing.T) {
 	if len(vis) != 1 || vis[0].Device != n.device || !vis[0].DataPlane || !vis[0].Socket || vis[0].Veth == "" || vis[0].PeerVeth != vis[0].Veth+"p" || vis[0].Pod != "trader" {
 		t.Fatalf("vis %+v", vis)
 	}
+	// The allocation's pinned memory: the broker's 1 MiB region, now the UMEM
+	// of its one VI, and the session's one filter.
+	if v := vis[0]; v.AllocationPinnedBytes != 1<<20 || v.AllocationVIs != 1 || v.AllocationFilters != 1 {
+		t.Errorf("vis usage: pinned %d VIs %d filters %d, want 1 MiB, 1, 1", v.AllocationPinnedBytes, v.AllocationVIs, v.AllocationFilters)
+	}
 	ports, err := n.client.Ports(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -281,6 +286,8 @@ func TestCountersAndDiagnostics(t *testing.T) {
 		fmt.Sprintf("efvi_vi_rx_nodesc_drops_total%s %d", labels, after.Socket.RxNoDescDrops),
 		fmt.Sprintf("efvi_vi_rx_ring_full_total%s %d", labels, after.Socket.RxRingFull),
 		fmt.Sprintf("efvi_vi_tx_spoof_drops_total%s 0", labels),
+		`efvi_allocation_pinned_bytes{allocation="alloc-1",namespace="team",pod="trader",pool="testpool"} 1.048576e+06`,
+		`efvi_allocation_vis{allocation="alloc-1",namespace="team",pod="trader",pool="testpool"} 1`,
 	} {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("metrics lack %q:\n%s", want, text)

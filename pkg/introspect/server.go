@@ -186,7 +186,7 @@ func (in *Inspector) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", list(func(t string) (any, error) { return in.Stats(t) }))
 	mux.HandleFunc("GET /v1/capture", in.serveCapture)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewVITrafficCollector(in.VISamples))
+	reg.MustRegister(metrics.NewVITrafficCollector(in.VISamples), metrics.NewAllocationCollector(in.AllocationSamples))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		in.writeError(w, notFound("no endpoint %s %s; try /v1/ports, /v1/vis, /v1/filters, /v1/stats, /v1/capture or /metrics", r.Method, r.URL.Path))

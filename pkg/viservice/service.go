@@ -61,7 +61,6 @@ package viservice
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -70,7 +69,6 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/kube-efvi/kube-efvi/internal/atomicfile"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
@@ -107,6 +105,9 @@ type Port struct {
 	table       *filter.Table
 	attachments map[string][]AttachedFilter
 	statePath   string
+	gen         uint64 // generation of the snapshot (journal.go)
+	journalLen  int    // records appended since the snapshot
+	logErr      error  // journal appends that failed since persistLocked
 }
 
 // AttachedFilter is one filter a CNI attachment installed.
@@ -115,8 +116,9 @@ type AttachedFilter struct {
 	Cookie filter.Cookie `json:"cookie"`
 }
 
-// portState is what Persist keeps on disk.
+// portState is what Persist keeps on disk (the snapshot; see journal.go).
 type portState struct {
+	Gen         uint64                      `json:"gen,omitempty"`
 	Filters     []filter.Entry              `json:"filters"`
 	Attachments map[string][]AttachedFilter `json:"attachments,omitempty"`
 }
@@ -161,43 +163,30 @@ func (p *Port) Warm(ctx context.Context, slots []uint32) (int, error) {
 	return n, nil
 }
 
-// Persist makes the port keep its filter table and attachments in path (JSON,
-// replaced atomically on every change) and restores them from it if it
-// exists, so a restarted agent knows who owns the filters its data plane
-// still holds.
+// Persist makes the port keep its filter table and attachments in path (a
+// snapshot, and a journal of changes in path.journal: see journal.go) and
+// restores them from there if they exist, so a restarted agent knows who
+// owns the filters its data plane still holds. Without saved state the
+// port's current table becomes the first snapshot.
 func (p *Port) Persist(path string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.statePath = path
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return p.persistLocked()
-	}
-	if err != nil {
-		return fmt.Errorf("read filter state: %w", err)
-	}
-	var st portState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("filter state %s is corrupt (%v): move it away to start with an empty table", path, err)
-	}
-	if err := p.table.Restore(st.Filters); err != nil {
-		return fmt.Errorf("restore filter state from %s: %w", path, err)
-	}
-	if st.Attachments != nil {
-		p.attachments = st.Attachments
-	}
-	return nil
-}
-
-func (p *Port) persistLocked() error {
-	if p.statePath == "" {
-		return nil
-	}
-	b, err := json.Marshal(portState{Filters: p.table.Snapshot(), Attachments: p.attachments})
+	st, err := loadState(path)
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(p.statePath, b, 0o600, true)
+	_, serr := os.Stat(path)
+	_, jerr := os.Stat(path + ".journal")
+	if serr == nil || jerr == nil {
+		if err := p.table.Restore(st.Filters); err != nil {
+			return fmt.Errorf("restore filter state from %s: %w", path, err)
+		}
+		if len(st.Attachments) > 0 {
+			p.attachments = st.Attachments
+		}
+	}
+	p.statePath, p.gen = path, st.Gen
+	return p.compactLocked()
 }
 
 // addFilterLocked applies policy, the table and the data plane, in that
@@ -216,6 +205,7 @@ func (p *Port) addFilterLocked(owner filter.VIID, spec filter.Spec, pol filter.P
 		}
 		return 0, fmt.Errorf("install filter %s on VI %d: %w", spec, owner, err)
 	}
+	p.logLocked(journalRecord{Add: &filter.Entry{Cookie: cookie, Owner: owner, Spec: spec}})
 	return cookie, nil
 }
 
@@ -228,7 +218,11 @@ func (p *Port) delFilterLocked(owner filter.VIID, cookie filter.Cookie) error {
 	if err := p.Plane.RemoveFilter(dataplane.Handle{VI: uint32(owner), Spec: e.Spec}); err != nil && !errors.Is(err, syscall.ENOENT) {
 		return fmt.Errorf("remove filter %s from VI %d: %w", e.Spec, owner, err)
 	}
-	return p.table.Del(owner, cookie)
+	if err := p.table.Del(owner, cookie); err != nil {
+		return err
+	}
+	p.logLocked(journalRecord{Del: cookie})
+	return nil
 }
 
 // AddFilter adds one filter for a VI slot under a policy.
@@ -275,6 +269,7 @@ func (p *Port) Attach(key string, slot uint32, specs []filter.Spec, pol filter.P
 		done = append(done, AttachedFilter{Slot: slot, Cookie: c})
 	}
 	p.attachments[key] = done
+	p.logLocked(journalRecord{Attach: key, Filters: done})
 	cookies := make([]filter.Cookie, len(done))
 	for i, d := range done {
 		cookies[i] = d.Cookie
@@ -293,7 +288,10 @@ func (p *Port) Detach(key string) error {
 			errs = append(errs, err)
 		}
 	}
-	delete(p.attachments, key)
+	if _, ok := p.attachments[key]; ok {
+		delete(p.attachments, key)
+		p.logLocked(journalRecord{Detach: key})
+	}
 	return errors.Join(append(errs, p.persistLocked())...)
 }
 
@@ -376,5 +374,6 @@ func (p *Port) removeOwner(owner filter.VIID) error {
 			p.attachments[k] = att
 		}
 	}
+	p.logLocked(journalRecord{RemoveOwner: &owner})
 	return errors.Join(append(errs, p.persistLocked())...)
 }

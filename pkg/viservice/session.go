@@ -396,3 +396,7 @@ func (s *session) Close() error {
 	s.log.Info("session closed")
 	return nil
 }
+
+// Holding implements broker.Holder: a session holding a VI or memory is
+// kept while idle (a pod's connection is silent while it uses its VI).
+func (s *session) Holding() bool { return len(s.vis) > 0 || len(s.mems) > 0 }

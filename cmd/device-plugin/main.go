@@ -12,9 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,8 +22,9 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/cniapi"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
-	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
+	"github.com/kube-efvi/kube-efvi/pkg/hwvi"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/kubeletcheckpoint"
 	"github.com/kube-efvi/kube-efvi/pkg/metrics"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
 )
@@ -157,10 +158,35 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "efvi-agent: --broker-host-uids: %v\n", err)
 		return 2
 	}
-	sw := softvi.New(softvi.Config{Logger: log, HostUIDs: uids})
-	var resolved atomic.Pointer[config.Agent] // the agent's settings, for the exit cleanup
+	// main resolves the settings (file + flags) and builds each pool kind's
+	// backend from them; the agent routes each pool to its backend.
+	cfg, _, err := agent.LoadConfig(*cfgPath, override)
+	if err != nil {
+		log.Error("efvi-agent failed to start", "err", err)
+		return 1
+	}
+	settings := cfg.Agent
+	allocRoot := filepath.Join(settings.BrokerDir, "alloc")
+	sw := softvi.New(softvi.Config{Logger: log, HostUIDs: uids, BrokerRoot: allocRoot, StateDir: filepath.Join(settings.StateDir, "ports"),
+		KubeletCheckpoint: kubeletcheckpoint.PathIn(settings.PluginDir)}) // the device checkpoint: whose allocation a socket is
+	// The hardware backend: the agent as the ef_vi cluster daemon on
+	// Solarflare ports (libciul, build tag onload). Never the software
+	// data plane on a hardware pool's port.
+	nic, notBuilt := hardwareNIC()
+	hw := hwvi.New(hwvi.Config{BrokerRoot: allocRoot, NIC: nic, NotBuilt: notBuilt, Logger: log})
 	defer func() {
-		detachOrDestroy(log, cniOptions{kubeconfig: *kubeconfig}, *cleanupRef, resolved.Load(), sw)
+		if err := hw.Close(); err != nil {
+			log.Error("close hardware backend", "err", err)
+		}
+	}()
+	release, intf := hw.Version()
+	if nic != nil {
+		log.Info("hardware backend: Onload ef_vi library", "onloadVersion", release, "onloadInterface", intf)
+	} else {
+		log.Info("hardware backend unavailable: hardware pools advertise Unhealthy", "reason", notBuilt)
+	}
+	defer func() {
+		detachOrDestroy(log, cniOptions{kubeconfig: *kubeconfig}, *cleanupRef, &settings, sw)
 	}()
 	// Diagnostics for efvictl (ports, VIs, filters, per-VI counters and
 	// metrics, capture) on a root-only unix socket.
@@ -174,24 +200,11 @@ func run() int {
 			go func() { _ = ds.Serve(ctx) }()
 		}
 	}
-	// The agent resolves its settings (file + flags) when it starts; the CNI
-	// side starts from them.
-	settings := make(chan config.Agent, 1)
 	ag := agent.New(agent.Options{
 		ConfigPath: *cfgPath, Override: override, SysfsRoot: *sysfs, Logger: log,
-		NewBroker: func(a config.Agent) deviceplugin.BrokerProvider {
-			sw.UseDirs(a.BrokerDir, a.StateDir)
-			sw.UseKubeletDir(a.PluginDir) // the device checkpoint: whose allocation a socket is
-			resolved.Store(&a)
-			select {
-			case settings <- a:
-			default:
-			}
-			return sw
-		},
-		Collectors:     []prometheus.Collector{metrics.NewVITrafficCollector(diag.VISamples), metrics.NewAllocationCollector(diag.AllocationSamples)},
-		OnPoolPorts:    sw.OnPoolPorts,
-		SoftwareHealth: sw.Healthy,
+		Backends: map[config.Backend]agent.Backend{config.Software: sw, config.Hardware: hw},
+		Collectors: []prometheus.Collector{metrics.NewVITrafficCollector(diag.VISamples),
+			metrics.NewAllocationCollector(diag.AllocationSamples), metrics.NewOnloadInfo(release, intf)},
 	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -211,13 +224,9 @@ func run() int {
 		*nodeName, _ = os.Hostname()
 	}
 	go func() {
-		select {
-		case <-ctx.Done():
-		case a := <-settings:
-			o := cniOptions{socket: *cniSocket, kubeconfig: *kubeconfig, node: *nodeName}
-			if err := serveCNI(ctx, log, o, a, ag, sw, pods); err != nil {
-				log.Error("CNI agent API unavailable: pods' declared filters will not be installed", "err", err)
-			}
+		o := cniOptions{socket: *cniSocket, kubeconfig: *kubeconfig, node: *nodeName}
+		if err := serveCNI(ctx, log, o, settings, ag, sw, pods); err != nil {
+			log.Error("CNI agent API unavailable: pods' declared filters will not be installed", "err", err)
 		}
 	}()
 	if err := ag.Run(ctx); err != nil {

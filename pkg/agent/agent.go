@@ -2,13 +2,15 @@
 // port discovery, the VI slot allocator, one kubelet device plugin per pool,
 // reconciliation with the kubelet PodResources API, and metrics.
 //
-// Seams for what comes next (the data plane and the VI broker):
-//   - Options.Broker: the BrokerProvider that makes per-allocation broker
-//     endpoints (default: DirBroker, directories only);
-//   - Options.OnPoolPorts: called whenever a pool's set of ports (or their
-//     state) changes, e.g. to attach XDP programs;
-//   - Options.SoftwareHealth: lets the software backend report a port's
-//     data plane as failed (its slots then advertise Unhealthy).
+// Backends are chosen per pool: main builds one [Backend] per pool kind
+// (software: the XDP data plane and broker sockets; hardware: the ef_vi
+// cluster daemon on the NIC) and passes them in Options.Backends. The agent
+// routes each allocation's Prepare/Release to the backend of its pool, tells
+// each backend its pools' ports (outside the agent's lock: data-plane loads
+// are slow) and asks it whether a port can serve VIs. A hardware pool never
+// reaches the software backend. A pool whose kind has no backend (an agent
+// built without the hardware backend) advertises Unhealthy slots and says
+// why in its log, metrics (efvi_pool_unavailable) and Allocate errors.
 //
 // Pools: the config's pools, or — when it defines none — one hardware pool
 // per Solarflare port, named after the interface (docs/architecture.md, "Names").
@@ -65,27 +67,23 @@ type Options struct {
 	Resync time.Duration
 	// PodResources lists kubelet assignments (default: the configured socket).
 	PodResources PodResourcesLister
-	// Broker makes per-allocation broker endpoints (default DirBroker under
-	// <brokerDir>/alloc).
-	Broker deviceplugin.BrokerProvider
-	// NewBroker, if set, makes the BrokerProvider from the resolved agent
-	// settings (paths come from the file and flags); it wins over Broker.
-	NewBroker func(config.Agent) deviceplugin.BrokerProvider
+	// Backends serve the pools of each kind; a kind without one advertises
+	// its pools' slots Unhealthy (see the package doc).
+	Backends map[config.Backend]Backend
 	// Collectors are registered on the agent's metrics registry (e.g. the
 	// per-VI traffic collector).
 	Collectors []prometheus.Collector
-	// OnPoolPorts is called after a pool's ports change.
-	OnPoolPorts func(pool config.Pool, ports []discovery.Port)
-	// SoftwareHealth reports whether the software data plane works on a
-	// port (default: always).
-	SoftwareHealth func(pool string, port discovery.Port) bool
-	Logger         *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Agent is the node agent.
 type Agent struct {
 	opts Options
 	log  *slog.Logger
+
+	// hookMu orders recomputes with their OnPoolPorts deliveries, which run
+	// outside mu so that slow backend work never blocks mu's users (CNI ADD).
+	hookMu sync.Mutex
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -96,7 +94,6 @@ type Agent struct {
 	mgr       *deviceplugin.Manager
 	met       *metrics.Metrics
 	cdi       *deviceplugin.CDIWriter
-	broker    deviceplugin.BrokerProvider
 	pr        PodResourcesLister
 	reload    chan struct{}
 	reconcile chan struct{}
@@ -114,9 +111,6 @@ func New(opts Options) *Agent {
 	}
 	if opts.Events == nil {
 		opts.Events = discovery.Netlink{Logger: opts.Logger}
-	}
-	if opts.SoftwareHealth == nil {
-		opts.SoftwareHealth = func(string, discovery.Port) bool { return true }
 	}
 	return &Agent{opts: opts, log: opts.Logger, pools: map[string]config.Pool{}, status: map[string]string{},
 		reload: make(chan struct{}, 1), reconcile: make(chan struct{}, 1), metricsAddr: make(chan string, 1)}
@@ -143,9 +137,20 @@ func (a *Agent) MetricsAddr(ctx context.Context) string {
 }
 
 func (a *Agent) loadConfig() (*config.Config, []byte, error) {
+	c, raw, err := LoadConfig(a.opts.ConfigPath, a.opts.Override)
+	if err == nil && c.ImplicitVersion() {
+		a.log.Info("config file has no version field: read as "+config.Version+"; add `version: "+config.Version+"` to it", "config", a.opts.ConfigPath)
+	}
+	return c, raw, err
+}
+
+// LoadConfig reads and validates the config file ("" = defaults) and applies
+// the command-line override, as Run does: main uses it to resolve the
+// settings (paths) it builds the backends with.
+func LoadConfig(path string, override func(*config.Agent)) (*config.Config, []byte, error) {
 	var raw []byte
-	if a.opts.ConfigPath != "" {
-		b, err := os.ReadFile(a.opts.ConfigPath)
+	if path != "" {
+		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, nil, fmt.Errorf("read config: %w", err)
 		}
@@ -153,13 +158,10 @@ func (a *Agent) loadConfig() (*config.Config, []byte, error) {
 	}
 	c, err := config.Parse(raw)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config %s: %w", a.opts.ConfigPath, err)
+		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if c.ImplicitVersion() {
-		a.log.Info("config file has no version field: read as "+config.Version+"; add `version: "+config.Version+"` to it", "config", a.opts.ConfigPath)
-	}
-	if a.opts.Override != nil {
-		a.opts.Override(&c.Agent)
+	if override != nil {
+		override(&c.Agent)
 		if err := c.Validate(); err != nil {
 			return nil, nil, fmt.Errorf("config after command-line overrides: %w", err)
 		}
@@ -194,13 +196,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.cdi, err = deviceplugin.NewCDIWriter(ag.CDI.Dir); err != nil {
 			return err
 		}
-	}
-	a.broker = a.opts.Broker
-	if a.opts.NewBroker != nil {
-		a.broker = a.opts.NewBroker(ag)
-	}
-	if a.broker == nil {
-		a.broker = DirBroker{Root: filepath.Join(ag.BrokerDir, "alloc")}
 	}
 	a.pr = a.opts.PodResources
 	if a.pr == nil {
@@ -308,7 +303,14 @@ func (a *Agent) openAllocator(ag config.Agent) error {
 // a reboot /run is empty, but the kubelet re-uses its cached Allocate answer).
 func (a *Agent) restoreBrokers(ctx context.Context) {
 	for _, al := range a.alloc.Allocations() {
-		if _, err := a.broker.Prepare(ctx, deviceplugin.PrepareRequest{Pool: al.Pool, Resource: al.Resource, AllocationID: al.ID, Devices: al.Devices}); err != nil {
+		a.mu.Lock()
+		kind, known := a.kindOfLocked(al.Pool)
+		a.mu.Unlock()
+		if !known {
+			a.log.Warn("restored allocation of a pool no longer configured: kept until its pod ends, not served", "allocation", al.ID, "pool", al.Pool)
+			continue
+		}
+		if _, err := a.backend(kind).Prepare(ctx, deviceplugin.PrepareRequest{Pool: al.Pool, Resource: al.Resource, AllocationID: al.ID, Devices: al.Devices}); err != nil {
 			a.log.Error("restore broker endpoint", "allocation", al.ID, "err", err)
 		}
 	}
@@ -319,21 +321,61 @@ func (a *Agent) applyConfigFromWatch(c *config.Config) {
 		a.opts.Override(&c.Agent)
 	}
 	a.met.ConfigReload(nil)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !reflect.DeepEqual(c.Agent, a.cfg.Agent) {
-		a.log.Warn("agent settings changed in the config; they apply after an agent restart (pools apply now)")
-		c.Agent = a.cfg.Agent
-	}
-	a.cfg = c
-	a.recomputeLocked()
+	a.recompute(func() {
+		if !reflect.DeepEqual(c.Agent, a.cfg.Agent) {
+			a.log.Warn("agent settings changed in the config; they apply after an agent restart (pools apply now)")
+			c.Agent = a.cfg.Agent
+		}
+		a.cfg = c
+	})
 }
 
 func (a *Agent) setPorts(ports []discovery.Port) {
+	a.recompute(func() { a.ports = ports })
+}
+
+// recompute applies change (under mu), recomputes the pools, and then —
+// outside mu, in order — tells each backend its pools' ports.
+func (a *Agent) recompute(change func()) {
+	a.hookMu.Lock()
+	defer a.hookMu.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.ports = ports
-	a.recomputeLocked()
+	if change != nil {
+		change()
+	}
+	hooks := a.recomputeLocked()
+	a.mu.Unlock()
+	for _, h := range hooks {
+		h()
+	}
+}
+
+// backend returns the backend serving pools of kind.
+func (a *Agent) backend(kind config.Backend) Backend {
+	if b, ok := a.opts.Backends[kind]; ok && b != nil {
+		return b
+	}
+	return unavailable{kind: kind}
+}
+
+// kindOfLocked returns the backend kind of a pool by name: an active pool,
+// a configured one, or (without configured pools) an automatic hardware pool.
+func (a *Agent) kindOfLocked(pool string) (config.Backend, bool) {
+	if p, ok := a.pools[pool]; ok {
+		return p.Backend, true
+	}
+	if a.cfg == nil {
+		return "", false
+	}
+	for _, p := range a.cfg.Pools {
+		if p.Name == pool {
+			return p.Backend, true
+		}
+	}
+	if len(a.cfg.Pools) == 0 {
+		return config.Hardware, true
+	}
+	return "", false
 }
 
 var labelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
@@ -388,7 +430,7 @@ func Matches(pool config.Pool, p discovery.Port) bool {
 		in(s.PCIAddresses, p.PCIAddress, false) && in(s.MACs, p.MAC, true)
 }
 
-func (a *Agent) recomputeLocked() {
+func (a *Agent) recomputeLocked() (hooks []func()) {
 	want := a.effectivePoolsLocked()
 	wantByName := map[string]config.Pool{}
 	for _, p := range want {
@@ -406,8 +448,9 @@ func (a *Agent) recomputeLocked() {
 		}
 	}
 	claimed := map[string]string{}
-	hwReady := deviceplugin.HardwareReady(a.opts.DevFS)
 	for _, pool := range want {
+		be := a.backend(pool.Backend)
+		var unhealthy error // why the backend cannot serve (first port's reason)
 		var ports []discovery.Port
 		var aps []allocator.Port
 		for _, p := range a.ports {
@@ -421,10 +464,11 @@ func (a *Agent) recomputeLocked() {
 			claimed[p.Name] = pool.Name
 			ports = append(ports, p)
 			healthy := p.LinkUp()
-			if pool.Backend == config.Hardware {
-				healthy = healthy && hwReady
-			} else {
-				healthy = healthy && a.opts.SoftwareHealth(pool.Name, p)
+			if err := be.PortHealth(pool, p); err != nil {
+				healthy = false
+				if unhealthy == nil {
+					unhealthy = fmt.Errorf("port %s: %w", p.Name, err)
+				}
 			}
 			aps = append(aps, allocator.Port{Name: p.Name, NUMANode: p.NUMANode, Capacity: pool.VIsPerPort, Healthy: healthy})
 		}
@@ -434,7 +478,8 @@ func (a *Agent) recomputeLocked() {
 		}
 		a.alloc.SetPool(allocator.PoolSpec{Name: pool.Name, Resource: pool.ResourceName(), Policy: policy, Ports: aps})
 		a.met.SetPoolPorts(pool.Name, len(ports))
-		a.logStatusLocked(pool, ports, hwReady)
+		a.met.SetPoolUnavailable(pool.Name, unhealthy)
+		a.logStatusLocked(pool, ports, unhealthy)
 
 		old, existed := a.pools[pool.Name]
 		if !existed || old.ResourceName() != pool.ResourceName() || old.Backend != pool.Backend {
@@ -443,21 +488,20 @@ func (a *Agent) recomputeLocked() {
 			p.Notify()
 		}
 		a.pools[pool.Name] = pool
-		if a.opts.OnPoolPorts != nil {
-			a.opts.OnPoolPorts(pool, ports)
-		}
+		hooks = append(hooks, func() { be.OnPoolPorts(pool, ports) })
 	}
+	return hooks
 }
 
-func (a *Agent) logStatusLocked(pool config.Pool, ports []discovery.Port, hwReady bool) {
+func (a *Agent) logStatusLocked(pool config.Pool, ports []discovery.Port, unhealthy error) {
 	var st string
 	switch {
 	case len(ports) == 0 && pool.Backend == config.Hardware:
 		st = "no Solarflare interfaces match this pool (drivers sfc, sfc_efct, xilinx_efct): it advertises 0 devices; check the NIC, its driver and the pool's selector"
 	case len(ports) == 0:
 		st = "no interface matches this pool's selector: it advertises 0 devices"
-	case pool.Backend == config.Hardware && !hwReady:
-		st = "/dev/sfc_char is missing: devices advertised Unhealthy until the Solarflare char driver (Onload's sfc_char) is loaded"
+	case unhealthy != nil:
+		st = fmt.Sprintf("%s pool cannot serve VIs: devices advertised Unhealthy: %v", pool.Backend, unhealthy)
 	default:
 		names := make([]string, len(ports))
 		down := 0
@@ -474,7 +518,7 @@ func (a *Agent) logStatusLocked(pool config.Pool, ports []discovery.Port, hwRead
 		return
 	}
 	a.status[pool.Name] = st
-	if len(ports) == 0 || strings.HasPrefix(st, "/dev") {
+	if len(ports) == 0 || unhealthy != nil {
 		a.log.Warn("pool status", "pool", pool.Name, "status", st)
 	} else {
 		a.log.Info("pool status", "pool", pool.Name, "status", st)
@@ -483,7 +527,7 @@ func (a *Agent) logStatusLocked(pool config.Pool, ports []discovery.Port, hwRead
 
 func (a *Agent) backendFor(pool config.Pool) *deviceplugin.PoolBackend {
 	return &deviceplugin.PoolBackend{Pool: pool.Name, Resource: pool.ResourceName(), Hardware: pool.Backend == config.Hardware,
-		Alloc: a.alloc, Broker: a.broker, DevFS: a.opts.DevFS, CDI: a.cdi, Reclaim: a.reclaim, Logger: a.log.With("pool", pool.Name)}
+		Alloc: a.alloc, Broker: a.backend(pool.Backend), DevFS: a.opts.DevFS, CDI: a.cdi, Reclaim: a.reclaim, Logger: a.log.With("pool", pool.Name)}
 }
 
 // reclaim is called by Allocate when the kubelet hands out a slot we think
@@ -501,8 +545,21 @@ func (a *Agent) reconcileOnce(ctx context.Context, reclaim []string) error {
 	}
 	freed, err := a.alloc.Reconcile(held, reclaim)
 	for _, al := range freed {
-		if berr := a.broker.Release(context.WithoutCancel(ctx), al.Pool, al.ID); berr != nil {
-			a.log.Error("release broker endpoint", "allocation", al.ID, "err", berr)
+		a.mu.Lock()
+		kind, known := a.kindOfLocked(al.Pool)
+		a.mu.Unlock()
+		var bes []Backend
+		if known {
+			bes = []Backend{a.backend(kind)}
+		} else { // pool gone from the config: Release is idempotent, ask all
+			for _, b := range a.opts.Backends {
+				bes = append(bes, b)
+			}
+		}
+		for _, b := range bes {
+			if berr := b.Release(context.WithoutCancel(ctx), al.Pool, al.ID); berr != nil {
+				a.log.Error("release allocation in its backend", "allocation", al.ID, "pool", al.Pool, "err", berr)
+			}
 		}
 		if a.cdi != nil {
 			if cerr := a.cdi.Remove(al.Resource, al.ID); cerr != nil {
@@ -543,9 +600,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 		}
 		if now := deviceplugin.HardwareReady(a.opts.DevFS); now != hw {
 			hw = now
-			a.mu.Lock()
-			a.recomputeLocked()
-			a.mu.Unlock()
+			a.recompute(nil)
 		}
 	}
 }

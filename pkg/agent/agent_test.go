@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
+	"github.com/kube-efvi/kube-efvi/pkg/allocdir"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
-	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin/kubelettest"
 	"github.com/kube-efvi/kube-efvi/pkg/discovery"
 	"github.com/kube-efvi/kube-efvi/pkg/discovery/sysfstest"
@@ -102,11 +102,12 @@ pools:
 	hooked := map[string]int{}
 	a := New(Options{ConfigPath: cfgPath, SysfsRoot: tree.Root, DevFS: fstest.MapFS{}, Events: events,
 		PodResources: pr, Logger: slog.New(slog.NewTextHandler(logs, nil)),
-		OnPoolPorts: func(p config.Pool, ports []discovery.Port) {
-			hookMu.Lock()
-			hooked[p.Name] = len(ports)
-			hookMu.Unlock()
-		}})
+		Backends: map[config.Backend]Backend{config.Software: &dirBackend{Dirs: allocdir.Dirs{Root: filepath.Join(root, "run", "alloc")},
+			onPorts: func(p config.Pool, ports []discovery.Port) {
+				hookMu.Lock()
+				hooked[p.Name] = len(ports)
+				hookMu.Unlock()
+			}}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- a.Run(ctx) }()
@@ -339,31 +340,22 @@ func TestAutoPoolsAndMatching(t *testing.T) {
 	}
 }
 
-func TestDirBroker(t *testing.T) {
-	b := DirBroker{Root: t.TempDir()}
-	for _, bad := range [][2]string{{"", "x"}, {"p", ""}, {"p", "../x"}, {"..", "x"}} {
-		if _, err := b.Prepare(context.Background(), preq(bad[0], bad[1])); err == nil {
-			t.Errorf("Prepare(%q,%q) accepted", bad[0], bad[1])
-		}
-	}
-	m, err := b.Prepare(context.Background(), preq("p", "abc"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Prepare(context.Background(), preq("p", "abc")); err != nil {
-		t.Fatalf("Prepare is not idempotent: %v", err)
-	}
-	if st, err := os.Stat(m.HostPath); err != nil || st.Mode().Perm() != 0o700 {
-		t.Fatalf("dir %v %v", st, err)
-	}
-	if err := b.Release(context.Background(), "p", "abc"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Release(context.Background(), "p", "abc"); err != nil {
-		t.Fatalf("Release is not idempotent: %v", err)
+// dirBackend is a test Backend: directories only, port changes recorded.
+type dirBackend struct {
+	allocdir.Dirs
+	onPorts func(config.Pool, []discovery.Port)
+	health  func(config.Pool, discovery.Port) error
+}
+
+func (d *dirBackend) OnPoolPorts(p config.Pool, ports []discovery.Port) {
+	if d.onPorts != nil {
+		d.onPorts(p, ports)
 	}
 }
 
-func preq(pool, id string) deviceplugin.PrepareRequest {
-	return deviceplugin.PrepareRequest{Pool: pool, AllocationID: id, Devices: []string{"e-vi0"}}
+func (d *dirBackend) PortHealth(p config.Pool, port discovery.Port) error {
+	if d.health != nil {
+		return d.health(p, port)
+	}
+	return nil
 }

@@ -119,8 +119,8 @@ func decimal(b []byte) (int, bool) {
 }
 
 // ValidName reports whether name can be a cluster name: 1 to MaxName bytes
-// of letters, digits, '.', '_' and '-', not starting with a digit (libciul
-// would take a leading "N@" as a channel index).
+// of letters, digits, '.', '_' and '-' (no '@': libciul takes a leading
+// "N@" as a channel index and strips it before sending the name).
 func ValidName(name string) error {
 	if msg := checkName([]byte(name)); msg != "" {
 		return fmt.Errorf("cluster name %q: %s", name, msg)
@@ -134,9 +134,6 @@ func checkName(b []byte) string {
 	}
 	if len(b) > MaxName {
 		return fmt.Sprintf("%d bytes, at most %d", len(b), MaxName)
-	}
-	if b[0] >= '0' && b[0] <= '9' {
-		return "starts with a digit"
 	}
 	for _, c := range b {
 		switch {

@@ -18,6 +18,9 @@ import (
 type Mount struct {
 	HostPath      string
 	ContainerPath string
+	// Env holds the backend's extra container variables (the hardware
+	// backend's EF_VI_CLUSTER_SOCKET and EFVI_CLUSTER).
+	Env map[string]string
 }
 
 // PrepareRequest describes one new allocation.
@@ -132,6 +135,9 @@ func (b *PoolBackend) Allocate(ctx context.Context, devices []string) (*pluginap
 		envvar.Devices:            ids,
 		envvar.SocketVar(b.Pool):  sock,
 		envvar.DevicesVar(b.Pool): ids,
+	}
+	for k, v := range m.Env {
+		envs[k] = v
 	}
 	mounts := []*pluginapi.Mount{{HostPath: m.HostPath, ContainerPath: m.ContainerPath}}
 	if b.CDI != nil {

@@ -34,6 +34,8 @@ type Metrics struct {
 	allocateSeconds *prometheus.HistogramVec
 	reloads         *prometheus.CounterVec
 	poolPorts       *prometheus.GaugeVec
+	// Hardware path (issue 11): why a pool's backend cannot serve VIs.
+	poolUnavailable *prometheus.GaugeVec
 }
 
 // New registers everything on a new registry. stats feeds the VI gauges.
@@ -54,7 +56,9 @@ func New(stats func() []allocator.PortStats) *Metrics {
 		poolPorts: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "efvi_pool_ports",
 			Help: "Ports currently in the pool; 0 means the pool advertises no devices (e.g. no Solarflare interfaces)."}, []string{"pool"}),
 	}
-	m.Registry.MustRegister(m.registrations, m.reregistrations, m.allocations, m.allocateSeconds, m.reloads, m.poolPorts,
+	m.poolUnavailable = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "efvi_pool_unavailable",
+		Help: "1 while the pool's backend cannot serve VIs on its ports (slots advertised Unhealthy); the reason label says why and what to install."}, []string{"pool", "reason"})
+	m.Registry.MustRegister(m.registrations, m.reregistrations, m.allocations, m.allocateSeconds, m.reloads, m.poolPorts, m.poolUnavailable,
 		newVICollector(stats), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -86,9 +90,30 @@ func (m *Metrics) ConfigReload(err error) { m.reloads.WithLabelValues(result(err
 // SetPoolPorts sets a pool's port count.
 func (m *Metrics) SetPoolPorts(pool string, n int) { m.poolPorts.WithLabelValues(pool).Set(float64(n)) }
 
+// SetPoolUnavailable records why a pool's backend cannot serve VIs (nil:
+// it can, and the series goes away).
+func (m *Metrics) SetPoolUnavailable(pool string, why error) {
+	m.poolUnavailable.DeletePartialMatch(prometheus.Labels{"pool": pool})
+	if why != nil {
+		m.poolUnavailable.WithLabelValues(pool, why.Error()).Set(1)
+	}
+}
+
+// NewOnloadInfo is efvi_onload_info{release,interface} = 1: the Onload
+// release and driver interface the agent's libciul was built from (empty
+// without the hardware backend). A pod's libciul must match them.
+func NewOnloadInfo(release, intf string) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "efvi_onload_info",
+		Help:        "Onload release and ef_vi driver interface of the agent's hardware backend (empty: none); pod images must use a libciul of the same release.",
+		ConstLabels: prometheus.Labels{"release": release, "interface": intf}})
+	g.Set(1)
+	return g
+}
+
 // DeletePool drops a removed pool's per-pool series.
 func (m *Metrics) DeletePool(pool string) {
 	m.poolPorts.DeleteLabelValues(pool)
+	m.poolUnavailable.DeletePartialMatch(prometheus.Labels{"pool": pool})
 }
 
 // Handler serves the registry.

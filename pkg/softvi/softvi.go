@@ -3,11 +3,12 @@
 // allocation's broker socket (pkg/broker) with a VI service (pkg/viservice),
 // so an unprivileged pod gets its VI as file descriptors.
 //
-// It plugs into pkg/agent through the agent's three seams: OnPoolPorts (open
-// the data plane when a pool's ports are known), SoftwareHealth (a port whose
-// data plane failed advertises Unhealthy slots) and the device plugin's
-// BrokerProvider (Prepare serves the allocation's socket, Release frees its
-// VIs). On agent exit, Close detaches: data-plane links and maps stay pinned
+// It is the agent's backend for software pools (it satisfies pkg/agent's
+// Backend without importing it; main wires it): OnPoolPorts opens the data
+// plane when a software pool's ports are known, PortHealth reports a port
+// whose data plane failed (its slots advertise Unhealthy), and Prepare /
+// Release serve an allocation's socket and free its VIs. The agent routes
+// only software pools here. On agent exit, Close detaches: data-plane links and maps stay pinned
 // and the pods' sockets keep their VIs flowing until a restarted agent
 // re-adopts them.
 //
@@ -31,8 +32,8 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/kube-efvi/kube-efvi/pkg/agent"
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
+	"github.com/kube-efvi/kube-efvi/pkg/allocdir"
 	"github.com/kube-efvi/kube-efvi/pkg/broker"
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
@@ -62,7 +63,7 @@ type Config struct {
 	// by HostUIDs.
 	Authorizer broker.Authorizer
 	// KubeletCheckpoint is the kubelet's device checkpoint (default
-	// kubeletcheckpoint.DefaultPath; see UseKubeletDir).
+	// kubeletcheckpoint.DefaultPath).
 	KubeletCheckpoint string
 	// HostUIDs may use allocation sockets from outside a pod (tools run
 	// standalone on the node, e.g. efsink -socket ...). Empty: pods only.
@@ -74,7 +75,7 @@ type Config struct {
 type Backend struct {
 	cfg  Config
 	log  *slog.Logger
-	dirs agent.DirBroker
+	dirs allocdir.Dirs
 
 	warmCtx    context.Context // background slot warming; cancelled by Close
 	stopWarm   context.CancelFunc
@@ -83,9 +84,13 @@ type Backend struct {
 	mu      sync.Mutex
 	refused func(Refusal)              // see OnRefused
 	planes  map[string]*dataplane.Port // by port name
-	failed  map[string]error           // ports whose data plane failed to open
 	served  map[string]*served         // by allocation id
 	limits  map[string]config.Limits   // by pool name
+
+	// healthMu guards failed apart from mu, which is held while a data
+	// plane loads: health questions (asked under the agent's lock) never wait.
+	healthMu sync.Mutex
+	failed   map[string]error // ports whose data plane failed to open
 }
 
 type served struct {
@@ -114,7 +119,7 @@ func New(cfg Config) *Backend {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Backend{
-		cfg: cfg, log: cfg.Logger.With("component", "softvi"), dirs: agent.DirBroker{Root: cfg.BrokerRoot},
+		cfg: cfg, log: cfg.Logger.With("component", "softvi"), dirs: allocdir.Dirs{Root: cfg.BrokerRoot},
 		warmCtx: ctx, stopWarm: cancel,
 		planes: map[string]*dataplane.Port{}, failed: map[string]error{}, served: map[string]*served{},
 	}
@@ -128,15 +133,7 @@ func (b *Backend) UseDirs(brokerDir, stateDir string) {
 	defer b.mu.Unlock()
 	b.cfg.BrokerRoot = filepath.Join(brokerDir, "alloc")
 	b.cfg.StateDir = filepath.Join(stateDir, "ports")
-	b.dirs = agent.DirBroker{Root: b.cfg.BrokerRoot}
-}
-
-// UseKubeletDir sets the kubelet's device-plugins directory, where its
-// device checkpoint (the allocations' pods) lives.
-func (b *Backend) UseKubeletDir(pluginDir string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.cfg.KubeletCheckpoint = kubeletcheckpoint.PathIn(pluginDir)
+	b.dirs = allocdir.Dirs{Root: b.cfg.BrokerRoot}
 }
 
 // Refusal is a broker peer refused on an allocation's socket.
@@ -227,10 +224,17 @@ func (b *Backend) warm(vp *viservice.Port, slots []uint32) {
 
 // Healthy reports whether a port's data plane is up (agent seam).
 func (b *Backend) Healthy(_ string, p discovery.Port) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	_, bad := b.failed[p.Name]
-	return !bad
+	return b.PortHealth(config.Pool{}, p) == nil
+}
+
+// PortHealth reports why a port's data plane is down, or nil (agent Backend).
+func (b *Backend) PortHealth(_ config.Pool, p discovery.Port) error {
+	b.healthMu.Lock()
+	defer b.healthMu.Unlock()
+	if err := b.failed[p.Name]; err != nil {
+		return fmt.Errorf("software data plane failed: %w", err)
+	}
+	return nil
 }
 
 // port returns the port's VI service, opening (or re-adopting) its data
@@ -245,11 +249,16 @@ func (b *Backend) port(name string) (*viservice.Port, error) {
 		return p, nil
 	}
 	p, err := b.openLocked(name)
+	b.healthMu.Lock()
 	if err != nil {
 		b.failed[name] = err
+	} else {
+		delete(b.failed, name)
+	}
+	b.healthMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
-	delete(b.failed, name)
 	b.cfg.Registry.AddPort(p)
 	return p, nil
 }

@@ -36,6 +36,16 @@ func ContainerDir(pool string) string { return "/run/efvi/" + pool }
 // SocketName is the broker socket's file name inside that directory.
 const SocketName = "broker.sock"
 
+// Hardware pools (the ef_vi cluster path): libciul's ef_pd_alloc_by_name()
+// connects to $EF_VI_CLUSTER_SOCKET, and $EFVI_CLUSTER is the cluster name
+// to pass it (the pool's name), e.g. EFVI_CLUSTER=nic and
+// EF_VI_CLUSTER_SOCKET=/run/efvi/nic/cluster.sock.
+const (
+	ClusterSocket     = "EF_VI_CLUSTER_SOCKET"
+	ClusterName       = "EFVI_CLUSTER"
+	ClusterSocketName = "cluster.sock"
+)
+
 // Suffix maps a pool name to its variable suffix.
 func Suffix(pool string) string {
 	b := []byte(strings.ToUpper(pool))

@@ -1,4 +1,10 @@
-package agent
+// Package allocdir makes the per-allocation directories on the node:
+// <root>/<pool>/<allocation-id>/, mounted into the allocation's container,
+// where a backend puts the sockets it serves the allocation on (the broker
+// socket, the ef_vi cluster socket) and allocation.json records what the
+// directory is for. Every backend uses it; it depends on nothing but the
+// device plugin's request types.
+package allocdir
 
 import (
 	"context"
@@ -12,12 +18,11 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
 )
 
-// DirBroker is the placeholder BrokerProvider until the real broker lands:
-// it creates the per-allocation directory <root>/<pool>/<allocation-id>/
-// (mode 0700; the broker will listen on broker.sock inside it) and records
-// the allocation in allocation.json there. Prepare is idempotent, so the
-// agent calls it again for restored allocations after a reboot emptied /run.
-type DirBroker struct {
+// Dirs creates the per-allocation directory <root>/<pool>/<allocation-id>/
+// (mode 0700; the backend chmods it when it serves a socket inside) and
+// records the allocation in allocation.json there. Prepare is idempotent, so
+// it is called again for restored allocations after a reboot emptied /run.
+type Dirs struct {
 	Root string // e.g. /run/efvi/alloc
 }
 
@@ -29,9 +34,9 @@ type Record struct {
 	Devices      []string `json:"devices"`
 }
 
-var _ deviceplugin.BrokerProvider = DirBroker{}
+var _ deviceplugin.BrokerProvider = Dirs{}
 
-func (b DirBroker) dir(pool, id string) (string, error) {
+func (b Dirs) dir(pool, id string) (string, error) {
 	if pool == "" || id == "" || strings.ContainsAny(pool+id, "/\\") || pool == ".." || id == ".." || pool == "." || id == "." {
 		return "", fmt.Errorf("bad pool %q or allocation id %q", pool, id)
 	}
@@ -39,7 +44,7 @@ func (b DirBroker) dir(pool, id string) (string, error) {
 }
 
 // Prepare implements deviceplugin.BrokerProvider.
-func (b DirBroker) Prepare(_ context.Context, r deviceplugin.PrepareRequest) (deviceplugin.Mount, error) {
+func (b Dirs) Prepare(_ context.Context, r deviceplugin.PrepareRequest) (deviceplugin.Mount, error) {
 	d, err := b.dir(r.Pool, r.AllocationID)
 	if err != nil {
 		return deviceplugin.Mount{}, err
@@ -62,7 +67,7 @@ func (b DirBroker) Prepare(_ context.Context, r deviceplugin.PrepareRequest) (de
 }
 
 // Release implements deviceplugin.BrokerProvider.
-func (b DirBroker) Release(_ context.Context, pool, id string) error {
+func (b Dirs) Release(_ context.Context, pool, id string) error {
 	d, err := b.dir(pool, id)
 	if err != nil {
 		return err

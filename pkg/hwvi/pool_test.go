@@ -261,10 +261,10 @@ func TestHardwarePoolGetsNoXDP(t *testing.T) {
 // and metrics say why and what to install.
 func TestHardwarePoolUnavailable(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		nic    hwvi.NIC
-		devFS  fstest.MapFS
-		reason string
+		name    string
+		nic     hwvi.NIC
+		devFS   fstest.MapFS
+		reason  string
 		refusal string // in Allocate's error
 	}{
 		{"not built", nil, fstest.MapFS{"dev/sfc_char": &fstest.MapFile{}}, "built without the onload build tag", "built without the onload build tag"},

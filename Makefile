@@ -50,6 +50,28 @@ bench: ## benchmarks (root for the data-path ones)
 clean:
 	rm -rf $(BIN)
 
+# ---- hardware path (issue 11): Onload installation given by ONLOAD_PREFIX ----
+# ONLOAD_PREFIX names an Onload installation: <prefix>/include/etherfabric/*.h
+# and <prefix>/lib/libciul.so (a node's Onload install, e.g. /usr). Nothing
+# of Onload is built or vendored here.
+ONLOAD_PREFIX ?=
+ONLOAD_CGO = CGO_ENABLED=1 CGO_CFLAGS="-I$(ONLOAD_PREFIX)/include" CGO_LDFLAGS="-L$(ONLOAD_PREFIX)/lib -Wl,-rpath,$(ONLOAD_PREFIX)/lib"
+.PHONY: hw-test build-onload
+
+hw-test: ## hardware-path tests, no root needed (go test -v); with ONLOAD_PREFIX also the onload-tagged build + vet and libciul's own client
+	ONLOAD_PREFIX="$(ONLOAD_PREFIX)" $(GO) test -count=1 -v -run 'TestClusterHandshake|TestHardwarePool' ./pkg/cluster ./pkg/hwvi/...
+	@if [ -z "$(ONLOAD_PREFIX)" ]; then \
+		echo "hw-test: ONLOAD_PREFIX is not set: skipped the onload-tagged build/vet and libciul's ef_pd_alloc_by_name() against the agent (set ONLOAD_PREFIX=<Onload install prefix with include/etherfabric and lib/libciul.so>)"; \
+	else \
+		echo "hw-test: go build + go vet -tags onload ./... against $(ONLOAD_PREFIX)"; \
+		$(ONLOAD_CGO) $(GO) build -tags onload ./... && $(ONLOAD_CGO) $(GO) vet -tags onload ./... && echo "hw-test: onload-tagged agent, SDK and tools build and vet clean"; \
+	fi
+
+build-onload: ## the agent with the hardware backend (libciul from ONLOAD_PREFIX) in bin/efvi-agent-onload
+	@test -n "$(ONLOAD_PREFIX)" || { echo "build-onload: set ONLOAD_PREFIX to the node's Onload installation (include/etherfabric, lib/libciul.so)"; exit 2; }
+	@mkdir -p $(BIN)
+	$(ONLOAD_CGO) $(GO) build -tags onload -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/efvi-agent-onload ./cmd/device-plugin
+
 # ---- images, chart, e2e cluster, demo (issue 6) ----
 HELM ?= $(GOBIN_TOOLS)/helm
 HELM_VERSION ?= v3.16.4

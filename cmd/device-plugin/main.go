@@ -54,6 +54,12 @@ What it does today:
   - Reconciles allocations with the kubelet PodResources API: slots of deleted
     pods come back; a slot is never issued twice.
   - Serves Prometheus metrics on /metrics (and /healthz).
+  - Hardware pools (Solarflare ports; agent built with -tags onload): acts as
+    the ef_vi cluster daemon per allocation — a PD and VI set on the port, the
+    cluster protocol on cluster.sock (EF_VI_CLUSTER_SOCKET, EFVI_CLUSTER in the
+    container) — and never puts the software data plane on such a port.
+    Without the hardware backend or /dev/sfc_char their slots are Unhealthy
+    and the log and efvi_pool_unavailable say why.
   - Software pools: puts the XDP data plane on each port and serves each
     allocation's broker socket, which hands the pod its VI (an AF_XDP socket
     and its packet memory) as file descriptors; keeps the filter tables.

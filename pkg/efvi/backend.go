@@ -165,6 +165,13 @@ type RegisteredMemory struct {
 // register memory the app allocated itself: the agent creates it (a sealed
 // memfd) so the kernel and the pod share it.
 func (pd *PD) RegisterMemory(ctx context.Context, nbufs int) (*RegisteredMemory, error) {
+	if hb, ok := pd.d.b.(hardwareBackend); ok {
+		m, h, err := hb.registerHardwareMemory(ctx, pd.handle, nbufs)
+		if err != nil {
+			return nil, fmt.Errorf("register memory (%d buffers): %w", nbufs, err)
+		}
+		return &RegisteredMemory{Memory: m, pd: pd, handle: h}, nil
+	}
 	g, err := pd.d.b.RegisterMemory(ctx, pd.handle, nbufs)
 	if err != nil {
 		return nil, fmt.Errorf("register memory (%d buffers): %w", nbufs, err)
@@ -186,6 +193,9 @@ func (m *RegisteredMemory) Free(ctx context.Context) error {
 // AllocVI allocates a VI over mem (ef_vi_alloc_from_pd). The software
 // backend's VI uses exactly one memory region, mem, for RX and TX.
 func (pd *PD) AllocVI(ctx context.Context, mem *RegisteredMemory, req VIRequest, opts Options) (*VI, error) {
+	if _, ok := pd.d.b.(hardwareBackend); ok {
+		return nil, errHardwarePD
+	}
 	g, err := pd.d.b.AllocVI(ctx, pd.handle, mem.handle, req)
 	if err != nil {
 		return nil, fmt.Errorf("alloc VI: %w", err)

@@ -25,17 +25,25 @@ const EnvSocket = "EFVI_SOCKET"
 // sooner, wins.
 const DialRetry = 30 * time.Second
 
-// DialAgent connects to the node agent's per-allocation socket at path ("" =
-// $EFVI_SOCKET) and returns a Driver on the software backend. This is how an
-// unprivileged pod opens ef_vi: the agent creates every kernel object and
-// passes it over the socket. Across an agent restart it retries for up to
-// DialRetry (see there); any other error returns at once.
+// DialAgent connects to the node agent for this allocation and returns a
+// Driver. With path "" the backend comes from the environment
+// (SelectBackend): a software pool's broker socket ($EFVI_SOCKET), or a
+// hardware pool's cluster socket and name ($EF_VI_CLUSTER_SOCKET,
+// $EFVI_CLUSTER), so the same pod code runs on either. A non-empty path is
+// a software broker socket. This is how an unprivileged pod opens ef_vi: the
+// agent creates the privileged objects and passes them over the socket.
+// Across an agent restart a software dial retries for up to DialRetry (see
+// there); any other error returns at once.
 func DialAgent(ctx context.Context, path string) (*Driver, error) {
 	if path == "" {
-		path = os.Getenv(EnvSocket)
-		if path == "" {
-			return nil, fmt.Errorf("efvi: no agent socket: $%s is not set (is the container requesting an efvi.io resource?)", EnvSocket)
+		sel, err := SelectBackend(os.Getenv)
+		if err != nil {
+			return nil, err
 		}
+		if sel.Kind == BackendHardware {
+			return dialHardware(ctx, sel)
+		}
+		path = sel.BrokerSocket
 	}
 	c, err := dialRetry(ctx, path, DialRetry, func(ctx context.Context, path string) (*broker.Client, error) {
 		return broker.Dial(ctx, path, broker.WithName(os.Args[0]))

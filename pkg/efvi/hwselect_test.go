@@ -1,0 +1,100 @@
+package efvi
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestHardwareSDKSelectBackend(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		kind    BackendKind
+		wantErr string
+	}{
+		{"software", map[string]string{EnvSocket: "/run/a/broker.sock"}, BackendSoftware, ""},
+		{"hardware", map[string]string{EnvClusterSocket: "/run/a/cluster.sock", EnvClusterName: "efvi-a1"}, BackendHardware, ""},
+		{"hardware with channel", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "0@efvi-a1"}, BackendHardware, ""},
+		{"hardware wins over broker", map[string]string{EnvSocket: "/b.sock", EnvClusterSocket: "/c.sock", EnvClusterName: "x"}, BackendHardware, ""},
+		{"nothing", map[string]string{}, 0, "neither $EFVI_SOCKET"},
+		{"socket without name", map[string]string{EnvClusterSocket: "/c.sock"}, 0, "$EFVI_CLUSTER is not"},
+		{"name without socket", map[string]string{EnvClusterName: "x"}, 0, "$EF_VI_CLUSTER_SOCKET is not"},
+		{"bad channel", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "a@x"}, 0, "channel index"},
+		{"white space", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "a b"}, 0, "white space"},
+		{"empty after @", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "3@"}, 0, "empty"},
+		{"too long", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: strings.Repeat("n", 65)}, 0, "longer than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := SelectBackend(envOf(tc.env))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Kind != tc.kind {
+				t.Fatalf("kind = %v, want %v", s.Kind, tc.kind)
+			}
+			if tc.kind == BackendHardware && (s.ClusterSocket != tc.env[EnvClusterSocket] || s.ClusterName != tc.env[EnvClusterName]) {
+				t.Fatalf("selection %+v does not carry the environment", s)
+			}
+		})
+	}
+}
+
+func TestHardwareSDKDialAgentNeedsEnvironment(t *testing.T) {
+	t.Setenv(EnvSocket, "")
+	t.Setenv(EnvClusterSocket, "")
+	t.Setenv(EnvClusterName, "")
+	_, err := DialAgent(context.Background(), "")
+	if err == nil || !strings.Contains(err.Error(), EnvClusterSocket) || !strings.Contains(err.Error(), EnvSocket) {
+		t.Fatalf("DialAgent without environment: %v; want an error naming both backends' variables", err)
+	}
+}
+
+func TestHardwareSDKAllocReplyParse(t *testing.T) {
+	g, err := parseClusterAllocReply([]byte("3 0 17 42 eth2\n"))
+	if err != nil || g.PDResource != 17 || g.VISetResource != 42 || g.Interface != "eth2" {
+		t.Fatalf("success reply: %+v %v", g, err)
+	}
+	_, err = parseClusterAllocReply([]byte("3 1 2 0 0\n"))
+	var ce *ClusterError
+	if !errors.As(err, &ce) || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("failure reply: %v, want a ClusterError with ENOENT", err)
+	}
+	for _, bad := range []string{"", "3 0 1 2\n", "3 2 1 2 eth0\n", "4 0 1 2 eth0\n", "3 0 -1 2 eth0\n", "3 1 0 0 0\n", "3 0 1 2 abcdefghijklmnopq\n"} {
+		if _, err := parseClusterAllocReply([]byte(bad)); err == nil || !errors.Is(err, syscall.EIO) {
+			t.Errorf("reply %q: err = %v, want EIO", bad, err)
+		}
+	}
+	if err := parseClusterVersionReply([]byte("1 0\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := parseClusterVersionReply([]byte("1 1\n")); !errors.Is(err, syscall.EBADRQC) {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if err := parseClusterVersionReply([]byte("1\n")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("garbage: %v", err)
+	}
+}
+
+func FuzzClusterReply(f *testing.F) {
+	for _, s := range []string{"1 0\n", "1 1\n", "3 0 1 2 eth0\n", "3 1 2 0 0\n", "3 0 4294967295 0 x\n", "\x00", ""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = parseClusterVersionReply(b)
+		g, err := parseClusterAllocReply(b)
+		if err == nil && (g.Interface == "" || len(g.Interface) >= 16) {
+			t.Fatalf("accepted %q with interface %q", b, g.Interface)
+		}
+	})
+}

@@ -25,9 +25,9 @@ func TestHardwareSDKSelectBackend(t *testing.T) {
 		{"socket without name", map[string]string{EnvClusterSocket: "/c.sock"}, 0, "$EFVI_CLUSTER is not"},
 		{"name without socket", map[string]string{EnvClusterName: "x"}, 0, "$EF_VI_CLUSTER_SOCKET is not"},
 		{"bad channel", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "a@x"}, 0, "channel index"},
-		{"white space", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "a b"}, 0, "white space"},
+		{"white space", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "a b"}, 0, "not allowed"},
 		{"empty after @", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: "3@"}, 0, "empty"},
-		{"too long", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: strings.Repeat("n", 65)}, 0, "longer than"},
+		{"too long", map[string]string{EnvClusterSocket: "/c.sock", EnvClusterName: strings.Repeat("n", 65)}, 0, "at most"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := SelectBackend(envOf(tc.env))

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/kube-efvi/kube-efvi/pkg/cluster"
 )
 
 // Environment variables that tell the SDK which backend an allocation is on.
@@ -96,19 +98,11 @@ func checkClusterName(name string) error {
 		}
 		base = name[i+1:]
 	}
-	switch {
-	case base == "":
+	if base == "" {
 		return fmt.Errorf("cluster name %q is empty", name)
-	case len(name) > maxClusterName:
-		return fmt.Errorf("cluster name %q is longer than %d bytes", name, maxClusterName)
-	case strings.ContainsAny(base, " \t\r\n\x00@"):
-		return fmt.Errorf("cluster name %q contains white space, NUL or a second '@'", name)
 	}
-	return nil
+	return cluster.ValidName(base)
 }
-
-// maxClusterName bounds a cluster name so the request line stays small.
-const maxClusterName = 64
 
 // ErrHardwareNotBuilt is what DialAgent returns on a hardware allocation in
 // a binary built without the hardware backend.

@@ -112,3 +112,31 @@ demo: build ## main job: local cluster + chart + a VI pong pod, pinged from the 
 
 demo-down: ## remove the demo pod, then e2e-down
 	hack/demo.sh down
+
+# ---- hardware path (issues 11, 12): libciul behind -tags onload ----
+# ONLOAD_PREFIX names an Onload installation (include/etherfabric/*.h,
+# lib/libciul.so), e.g. /usr on a node with Onload installed. Nothing of
+# Onload is in this repository; without ONLOAD_PREFIX the tagged part skips.
+ONLOAD_PREFIX ?=
+ONLOAD_ENV = CGO_ENABLED=1 CGO_CFLAGS="-I$(ONLOAD_PREFIX)/include" CGO_LDFLAGS="-L$(ONLOAD_PREFIX)/lib -L$(ONLOAD_PREFIX)/lib64 -Wl,-rpath,$(ONLOAD_PREFIX)/lib -Wl,-rpath,$(ONLOAD_PREFIX)/lib64"
+HW_SDK_PKGS := ./pkg/efvi/
+HW_TOOLS := ./cmd/efsink ./cmd/efsend ./cmd/eflatency
+.PHONY: hw-test hw-test-sdk build-onload
+
+hw-test: hw-test-sdk ## hardware-path tests (no root): always the pure-Go parts; with ONLOAD_PREFIX=... also the onload-tagged build, vet, tests, wrapper benchmark
+
+hw-test-sdk:
+	$(GO) test -v -count=1 -run 'TestHardwareSDK' $(HW_SDK_PKGS)
+	@if [ -z "$(ONLOAD_PREFIX)" ]; then \
+		echo "SKIP hw-test-sdk onload part: set ONLOAD_PREFIX=/path/to/onload (an Onload installation: include/etherfabric/*.h, lib/libciul.so) to build, vet and test the -tags onload SDK and tools"; \
+	else \
+		set -e; \
+		$(ONLOAD_ENV) $(GO) build -tags onload ./...; \
+		$(ONLOAD_ENV) $(GO) vet -tags onload $(HW_SDK_PKGS) $(HW_TOOLS); \
+		$(ONLOAD_ENV) $(GO) test -tags onload -v -count=1 -run 'TestHardwareSDK' -bench 'HardwareSDK' -benchmem $(HW_SDK_PKGS); \
+	fi
+
+build-onload: ## the ef tools with the hardware backend in bin/onload/ (needs ONLOAD_PREFIX and cgo)
+	@test -n "$(ONLOAD_PREFIX)" || { echo "set ONLOAD_PREFIX=/path/to/onload (e.g. /usr on a node with Onload installed)"; exit 1; }
+	@mkdir -p $(BIN)/onload
+	for c in efsink efsend eflatency; do $(ONLOAD_ENV) $(GO) build -tags onload -trimpath -o $(BIN)/onload/$$c ./cmd/$$c || exit 1; done

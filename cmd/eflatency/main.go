@@ -96,7 +96,7 @@ func pong(ctx context.Context, args []string) error {
 		}
 	}
 	vi.ReceivePush()
-	if _, err := vi.FilterAdd(ctx, spec); err != nil && !errors.Is(err, syscall.EEXIST) {
+	if err := s.AddFilter(ctx, spec, os.Stderr); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("filter %s: %w", spec, err)
 	}
 	fmt.Printf("eflatency pong: %s on VI %d (port %s), ready\n", spec, vi.Instance(), info.Interface)
@@ -106,7 +106,7 @@ func pong(ctx context.Context, args []string) error {
 // echoLoop answers every UDP frame by swapping its addresses in place and
 // transmitting the same buffer; the buffer is re-posted when its TX
 // completes. The caller has posted the RX buffers.
-func echoLoop(ctx context.Context, vi *efvi.VI, mem *efvi.RegisteredMemory) error {
+func echoLoop(ctx context.Context, vi efvi.VirtualInterface, mem *efvi.RegisteredMemory) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	evs := make([]efvi.Event, 64)
@@ -207,7 +207,7 @@ func ping(ctx context.Context, args []string) error {
 // the pod's own IP and an ephemeral port.
 type viPinger struct {
 	s    *efvitool.Session
-	vi   *efvi.VI
+	vi   efvi.VirtualInterface
 	mem  *efvi.RegisteredMemory
 	flow frame.UDPFlow
 	evs  []efvi.Event
@@ -229,7 +229,7 @@ func newVIPinger(ctx context.Context, socket string, to netip.AddrPort, dstMAC f
 	src := netip.AddrPortFrom(ip, 40000+uint16(os.Getpid()%20000))
 	spec, err := filter.ParseWithDefaultHost(fmt.Sprintf("udp:%d", src.Port()), src.Addr())
 	if err == nil {
-		_, err = vi.FilterAdd(ctx, spec)
+		err = s.AddFilter(ctx, spec, os.Stderr)
 	}
 	if err != nil {
 		s.Close()

@@ -130,7 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*Totals,
 			}
 			return nil, fmt.Errorf("filter spec %d %q: %w", i+1, text, err)
 		}
-		if _, err := s.VI.FilterAdd(ctx, spec); err != nil {
+		if err := s.AddFilter(ctx, spec, stderr); err != nil {
 			return nil, fmt.Errorf("add filter %s: %w", spec, err)
 		}
 		specs = append(specs, spec)

@@ -8,21 +8,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kube-efvi/kube-efvi/pkg/efvi"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
+	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
 
 // Session is one VI opened through the node agent: the driver session, the
 // VI and its memory region.
 type Session struct {
 	Driver *efvi.Driver
-	VI     *efvi.VI
-	Mem    *efvi.RegisteredMemory
+	// VI is a software or a hardware VI, whichever the allocation is on.
+	VI  efvi.VirtualInterface
+	Mem *efvi.RegisteredMemory
 	// Info is what the agent said about the allocation (pod IPs, port MAC).
 	Info efvi.AllocationInfo
 }
@@ -31,8 +36,10 @@ type Session struct {
 // $EFVI_SOCKET, which the agent sets in a pod) and allocates a PD, nbufs
 // packet buffers and a VI with the default ring sizes.
 func Open(ctx context.Context, socket string, nbufs int) (*Session, error) {
-	if socket == "" && os.Getenv(efvi.EnvSocket) == "" {
-		return nil, fmt.Errorf("no agent socket: set $%s (the agent does in a pod) or pass -socket /path/to/broker.sock (on a node: the allocation's directory under the agent's run dir)", efvi.EnvSocket)
+	if socket == "" {
+		if _, err := efvi.SelectBackend(os.Getenv); err != nil {
+			return nil, fmt.Errorf("%w; on a node, pass -socket /path/to/broker.sock (the allocation's directory under the agent's run dir)", err)
+		}
 	}
 	d, err := efvi.DialAgent(ctx, socket)
 	if err != nil {
@@ -48,13 +55,26 @@ func Open(ctx context.Context, socket string, nbufs int) (*Session, error) {
 		d.Close()
 		return nil, fmt.Errorf("register %d buffers: %w", nbufs, err)
 	}
-	vi, err := pd.AllocVI(ctx, mem, efvi.VIRequest{EvqCap: -1, RxqCap: -1, TxqCap: -1}, efvi.Options{})
+	vi, err := pd.AllocVirtualInterface(ctx, mem, efvi.VIRequest{EvqCap: -1, RxqCap: -1, TxqCap: -1}, efvi.Options{})
 	if err != nil {
 		mem.Close()
 		d.Close()
 		return nil, fmt.Errorf("allocate a VI: %w", err)
 	}
 	return &Session{Driver: d, VI: vi, Mem: mem, Info: d.Info()}, nil
+}
+
+// AddFilter asks for spec on the session's VI. On a hardware pool the agent
+// installs the VI's filters itself (from the pod's filter annotation) and
+// refuses requests with EOPNOTSUPP: that is reported to log and is not an
+// error, so a tool runs with the same arguments on either backend.
+func (s *Session) AddFilter(ctx context.Context, spec filter.Spec, log io.Writer) error {
+	_, err := s.VI.FilterAdd(ctx, spec)
+	if err != nil && s.VI.Backend() == efvi.BackendHardware && errors.Is(err, unix.EOPNOTSUPP) {
+		fmt.Fprintf(log, "note: %s is not requested from here: on a hardware pool the agent installs the VI's filters (list them in the pod's filter annotation)\n", spec)
+		return nil
+	}
+	return err
 }
 
 // PodIP is the pod's first IP, the default host of "udp:PORT" filter specs

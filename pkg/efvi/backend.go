@@ -66,12 +66,10 @@ type VIGrant struct {
 // for the software backend; the agent does the privileged work and answers
 // with fds.
 //
-// A libciul hardware backend (cgo, build tag; not written) fits the same
-// shape: AllocPD = ef_pd_alloc_by_name, RegisterMemory = ef_memreg_alloc
-// over memory it maps itself, AllocVI = ef_vi_alloc_from_pd, FilterAdd/Del
-// = ef_vi_filter_add/del, VIStats = ef_vi_stats_query. Its data path would
-// be a second concrete VI type (calls into ef_vi's inline functions), not
-// this package's software VI; both satisfy DataPath.
+// The libciul hardware backend (hw_onload.go, -tags onload) implements it
+// too, plus registering memory the SDK mapped itself and allocating its own
+// VI type (*HardwareVI); both VI types satisfy DataPath and
+// VirtualInterface.
 type Backend interface {
 	AllocPD(ctx context.Context, req PDRequest) (PDHandle, error)
 	RegisterMemory(ctx context.Context, pd PDHandle, nbufs int) (MemoryGrant, error)

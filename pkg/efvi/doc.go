@@ -2,8 +2,8 @@
 // (VI) with ef_vi's semantics from Go, with no privileges.
 //
 // The objects mirror ef_vi: a Driver (ef_driver_handle) talks to a Backend
-// (the control plane: the broker client for the software backend; a libciul
-// backend could implement the same interface), a PD (ef_pd) owns
+// (the control plane: the broker client for the software backend; libciul
+// over the agent's cluster socket for the hardware one), a PD (ef_pd) owns
 // RegisteredMemory (ef_memreg: 2 KiB packet buffers) and VIs (ef_vi: event
 // queue, RX descriptor ring, TX descriptor ring). Filters are added through
 // the backend. The data path — post RX buffers, poll events, transmit,
@@ -22,33 +22,58 @@
 // NewSoftwareVI / NewSoftwareVIFromFDs build a VI straight from the fds
 // (tests, the broker client).
 //
+// # Backends and how a program picks one
+//
+// DialAgent(ctx, "") reads the allocation's environment (SelectBackend):
+// $EFVI_SOCKET alone is a software pool; $EF_VI_CLUSTER_SOCKET with
+// $EFVI_CLUSTER is a hardware pool, where the agent is the ef_vi cluster
+// daemon. PD.AllocVirtualInterface returns a VirtualInterface of either
+// backend (*VI or *HardwareVI), so one program runs on both. The hardware
+// backend is cgo over libciul and is only in binaries built with
+// `-tags onload` against an Onload installation (make build-onload
+// ONLOAD_PREFIX=...); without it DialAgent on a hardware pool still does
+// the cluster handshake in Go and returns ErrHardwareNotBuilt, saying what
+// the agent offered. Everything of the hardware backend past the handshake
+// (ef_driver_open onwards) runs only on a node with a Solarflare/AMD NIC
+// and is untested here.
+//
 // # ef_vi mapping
 //
-//	ef_driver_open / close               Open(backend) / Driver.Close
-//	ef_pd_alloc[_by_name|_with_vport]    Driver.AllocPD(ctx, PDRequest{Interface, VLAN})
-//	ef_pd_free                           PD.Free
-//	ef_memreg_alloc / free               PD.RegisterMemory(ctx, nbufs) / RegisteredMemory.Free
-//	ef_memreg_dma_addr                   Memory.Addr(i); Memory.Buf(i) is the buffer
-//	ef_vi_alloc_from_pd / ef_vi_free     PD.AllocVI(ctx, mem, VIRequest, Options) / VI.Close
-//	ef_vi_instance, _get_mac, _mtu       VI.Instance, VI.MAC, VI.MTU
-//	ef_vi_filter_add / del               VI.FilterAdd(ctx, filter.Spec) / VI.FilterDel(ctx, cookie)
-//	ef_vi_receive_init / push / post     VI.ReceiveInit(addr, id) / ReceivePush() / ReceivePost(addr, id)
-//	ef_vi_receive_space/fill_level/capacity  VI.ReceiveSpace / ReceiveFillLevel / ReceiveCapacity
-//	ef_vi_receive_prefix_len             VI.ReceivePrefixLen (0); VI.RxFrameOffset, VI.RxFrame(ev)
-//	ef_vi_receive_buffer_len             VI.ReceiveBufferLen
-//	ef_vi_receive_set_discards           VI.ReceiveSetDiscards(DiscardMask)
-//	ef_vi_transmit_init / push / transmit VI.TransmitInit(addr, len, id) / TransmitPush() / Transmit(...)
-//	ef_vi_transmit_unbundle              VI.TransmitUnbundle(&ev, ids) (<= TransmitBatch = 64 per event)
-//	ef_vi_transmit_space/fill_level/capacity VI.TransmitSpace / TransmitFillLevel / TransmitCapacity
-//	ef_eventq_poll                       VI.EventQPoll(evs []Event) int
-//	ef_eventq_has_event, _capacity       VI.EventQHasEvent, VI.EventQCapacity
-//	ef_eventq_put                        VI.EventQPut(data uint16) (any goroutine)
-//	ef_vi_prime + ef_eventq_wait         VI.Prime(), VI.Wait(timeout) / VI.WaitContext(ctx)
-//	ef_vi_stats_query                    VI.Stats() (RxNoDesc = no-descriptor drops)
-//	EF_EVENT_TYPE_*, EF_EVENT_RX_*       Event{Type, Flags, Sub, Bytes, RqID, Q, ...}, same numbers
-//	ci_*_hdr_init (citools)              package frame
+//	ef_vi                              SDK                                  software backend                   hardware backend (-tags onload)
+//	ef_driver_open / close             DialAgent / Driver.Close             broker socket session              ef_driver_open on /dev/sfc_char
+//	ef_pd_alloc[_by_name|_with_vport]  Driver.AllocPD(ctx, PDRequest)       broker AllocPD; no vport           ef_pd_alloc_by_name($EFVI_CLUSTER); no vport
+//	ef_pd_free                         PD.Free                              broker FreePD                      ef_pd_free (agent sees EOF)
+//	ef_memreg_alloc / free             PD.RegisterMemory / .Free            agent's sealed memfd (UMEM)        SDK's own mmap (2 MiB huge pages if free), ef_memreg_alloc
+//	ef_memreg_dma_addr                 Memory.Addr(i)                       offset in the region               real DMA address (per 4 KiB NIC page)
+//	ef_vi_alloc_from_pd / ef_vi_free   PD.AllocVirtualInterface / Close     AF_XDP socket from the agent       ef_vi_alloc_from_pd from the cluster's VI set
+//	ef_vi_instance, _get_mac, _mtu     VI.Instance, MAC, MTU                broker's VI id, port MAC/MTU       ef_vi_instance, ef_vi_get_mac, ef_vi_mtu
+//	ef_vi_filter_add / del             VI.FilterAdd / FilterDel             broker, under the pod's policy     EOPNOTSUPP: the agent installs them (annotation)
+//	ef_vi_receive_init / push / post   VI.ReceiveInit / Push / Post         fill ring                          C wrapper per call; RefillFrom: 64 per call
+//	ef_vi_receive_space/fill/capacity  VI.ReceiveSpace / FillLevel / Cap    fill ring                          ef_vi's
+//	ef_vi_receive_prefix_len           VI.ReceivePrefixLen                  0; frame at RxFrameOffset          ef_vi's; Event.Addr/Bytes/RxFrame skip it
+//	ef_vi_receive_buffer_len           VI.ReceiveBufferLen                  chunk - headroom (1792)            ef_vi's minus the prefix
+//	ef_vi_receive_set_discards         VI.ReceiveSetDiscards(mask)          computed in software               the NIC's (same flag values)
+//	ef_vi_transmit_init/push/transmit  VI.TransmitInit / Push / Transmit    TX ring + kick                     C wrapper per call (transmit = 1 call)
+//	ef_vi_transmit_unbundle            VI.TransmitUnbundle(&ev, ids)        matched by buffer, in order        unbundled during the poll; no cgo call
+//	ef_vi_transmit_space/fill/capacity VI.TransmitSpace / FillLevel / Cap   TX ring                            ef_vi's, bounded by ids not unbundled
+//	ef_eventq_poll                     VI.EventQPoll(evs []Event) int       RX + completion rings merged       1 cgo call decodes <= 64 events; 0 allocs
+//	ef_eventq_has_event, _capacity     VI.EventQHasEvent, EventQCapacity    rings                              ef_vi's
+//	ef_eventq_put                      VI.EventQPut(data) (any goroutine)   lock-free queue + eventfd          ef_eventq_put (ioctl)
+//	ef_vi_prime + ef_eventq_wait       VI.Prime, Wait / WaitContext         poll(2) socket + eventfd           ef_vi_prime + poll(2) on the driver handle
+//	ef_vi_stats_query                  VI.Stats()                           XDP_STATISTICS + SDK counters      EF10 no-desc/CRC/trunc/abort + SDK counters
+//	EF_EVENT_TYPE_*, EF_EVENT_RX_*     Event{Type, Flags, Sub, Bytes, ...}  same numbers                       same numbers, decoded in C
+//	ci_*_hdr_init (citools)            package frame                        -                                  -
 //
-// # Deliberate differences from ef_vi
+// Events on the hardware backend: RX and RX_DISCARD carry RqID, Flags (SOP,
+// CONT, MULTICAST), Bytes (cumulative, without the RX prefix), Len (this
+// buffer), Addr (ef_addr of the data) and RxFrame; RX relies on EF10/EF100
+// completing RX descriptors in order (X3/EFCT's RX_REF is not supported).
+// TX and TX_ERROR carry Count ids, already unbundled. SW, OFLOW,
+// RX_NO_DESC_TRUNC and RESET pass through (after RESET every call returns
+// ErrReset). Flags asking for merged RX, packed stream or timestamps are
+// refused at allocation. EventQPoll needs len(evs) >= 2 (ef_vi's minimum).
+//
+// # Deliberate differences from ef_vi (software backend)
 //
 //   - Memory: the app cannot register memory it allocated; RegisterMemory
 //     asks the agent for a sealed memfd (the UMEM) and maps it. Buffers are
@@ -111,7 +136,7 @@
 //   - Concurrency: as in ef_vi, a VI is driven by one goroutine; only
 //     EventQPut may be called from others (lock-free).
 //
-// A libciul hardware backend (cgo, build tag) would implement Backend and
-// provide its own concrete VI type satisfying DataPath; it is not written,
-// because no Solarflare NIC exists here to test it.
+// The hardware backend's differences are in the mapping table above; it
+// has none of the software backend's emulations: the NIC does checksums,
+// discards, jumbo frames and blocking natively.
 package efvi

@@ -95,7 +95,9 @@ func dialHardware(ctx context.Context, sel Selection) (*Driver, error) {
 		b.Close()
 		return nil, err
 	}
-	d.info = AllocationInfo{Pool: sel.ClusterName, Interface: b.iface}
+	// No broker says the pod IPs on a hardware pool: they are the
+	// addresses of the pod's own network namespace.
+	d.info = AllocationInfo{Pool: sel.ClusterName, Interface: b.iface, Addrs: podAddrs()}
 	return d, nil
 }
 

@@ -98,3 +98,45 @@ func FuzzClusterReply(f *testing.F) {
 		}
 	})
 }
+
+// TestHardwareSDKMemoryDMA checks NIC-registered memory: Memory.Addr is the
+// DMA address ef_memreg_dma_addr would give, and Offset/Index/At map DMA
+// addresses back, for pages the IOMMU scattered and pages in runs.
+func TestHardwareSDKMemoryDMA(t *testing.T) {
+	const pages = 8
+	b := make([]byte, pages<<nicPageShift)
+	dma := []uint64{0x9000_0000, 0x9000_1000, 0x5000_0000, 0x7000_3000, 0x7000_4000, 0x7000_5000, 0x1000, 0xa000_0000}
+	m := &Memory{b: b, bufSize: BufSize, nbufs: len(b) / BufSize}
+	m.setDMA(dma)
+	if len(m.runs) != 5 {
+		t.Fatalf("%d runs, want 5 (two pairs and a triple merged)", len(m.runs))
+	}
+	for i := 0; i < m.NumBufs(); i++ {
+		off := uint64(i * BufSize)
+		want := Addr(dma[off>>nicPageShift] | off&0xfff)
+		if a := m.Addr(i); a != want {
+			t.Fatalf("Addr(%d) = %#x, want %#x", i, a, want)
+		}
+		if got, ok := m.Offset(m.Addr(i) + 100); !ok || got != off+100 {
+			t.Fatalf("Offset(Addr(%d)+100) = %d,%v want %d", i, got, ok, off+100)
+		}
+		if m.Index(m.Addr(i)+2047) != i {
+			t.Fatalf("Index of buffer %d's last byte is wrong", i)
+		}
+		m.Buf(i)[0] = byte(i)
+		if s := m.At(m.Addr(i), 1); len(s) != 1 || s[0] != byte(i) {
+			t.Fatalf("At(Addr(%d)) does not see the buffer", i)
+		}
+	}
+	for _, a := range []Addr{0, 0x2000, 0x9000_2000, 0x4fff_ffff, 0xa000_1000} {
+		if _, ok := m.Offset(a); ok {
+			t.Errorf("Offset(%#x) accepted an address outside the region", a)
+		}
+		if m.Index(a) != -1 || m.At(a, 1) != nil {
+			t.Errorf("Index/At(%#x) accepted an address outside the region", a)
+		}
+	}
+	if m.At(m.Addr(1), 2049) != nil {
+		t.Error("At crossed a NIC page")
+	}
+}

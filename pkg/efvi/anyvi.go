@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 )
@@ -69,26 +67,4 @@ func (d *Driver) Backend() BackendKind {
 		return BackendHardware
 	}
 	return BackendSoftware
-}
-
-// podAddrs lists the global unicast addresses of this network namespace's
-// interfaces. On a hardware pool, where no broker says them, these are the
-// pod's IPs: the destinations the agent steers to the pod's VIs.
-func podAddrs() []netip.Addr {
-	as, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range as {
-		p, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(p.IP)
-		if ok && ip.Unmap().IsGlobalUnicast() {
-			out = append(out, ip.Unmap())
-		}
-	}
-	return out
 }

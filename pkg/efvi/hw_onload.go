@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"syscall"
 	"time"
 	"unsafe"
@@ -761,3 +763,25 @@ func newBenchHardwareVI() (*HardwareVI, func(), error) {
 
 // benchHasEvent is one bare wrapper call (ef_eventq_has_event).
 func benchHasEvent(v *HardwareVI) bool { return C.kefvi_has_event(v.k) != 0 }
+
+// podAddrs lists the global unicast addresses of this network namespace's
+// interfaces. On a hardware pool, where no broker says them, these are the
+// pod's IPs: the destinations the agent steers to the pod's VIs.
+func podAddrs() []netip.Addr {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		p, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(p.IP)
+		if ok && ip.Unmap().IsGlobalUnicast() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
+}

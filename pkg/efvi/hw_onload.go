@@ -164,12 +164,14 @@ func (b *hwBackend) registerHardwareMemory(ctx context.Context, pdh PDHandle, nb
 	}
 	size := nbufs * BufSize
 	var raw []byte
-	var err error
 	if size >= hugePage {
-		raw, err = unix.Mmap(-1, 0, (size+hugePage-1)&^(hugePage-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_HUGETLB|unix.MAP_POPULATE)
+		// Fails (ENOMEM) when the node has no free huge pages reserved:
+		// then 4 KiB pages.
+		raw, _ = unix.Mmap(-1, 0, (size+hugePage-1)&^(hugePage-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_HUGETLB|unix.MAP_POPULATE)
 	}
 	if raw == nil {
 		page := 1 << nicPageShift
+		var err error
 		if raw, err = unix.Mmap(-1, 0, (size+page-1)&^(page-1), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE); err != nil {
 			return nil, 0, fmt.Errorf("map %d bytes of packet memory: %w", size, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/kube-efvi/kube-efvi/pkg/cluster"
+	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin/envvar"
 )
 
 // Environment variables that tell the SDK which backend an allocation is on.
@@ -14,8 +15,8 @@ import (
 // the ef_vi cluster daemon of the allocation, and EnvClusterSocket is the
 // very variable libciul's ef_pd_alloc_by_name reads).
 const (
-	EnvClusterSocket = "EF_VI_CLUSTER_SOCKET"
-	EnvClusterName   = "EFVI_CLUSTER"
+	EnvClusterSocket = envvar.ClusterSocket // "EF_VI_CLUSTER_SOCKET"
+	EnvClusterName   = envvar.ClusterName   // "EFVI_CLUSTER": the pool's name
 )
 
 // BackendKind says which backend serves an allocation.

@@ -104,3 +104,5 @@ func BenchmarkHardwareSDKWrapperCall(b *testing.B) {
 		benchHasEvent(v)
 	}
 }
+
+var errNoNICForTest = ErrNoNICDevice

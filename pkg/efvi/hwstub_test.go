@@ -38,3 +38,5 @@ func TestHardwareSDKNotBuiltIn(t *testing.T) {
 func TestHardwareSDKOnloadPart(t *testing.T) {
 	t.Skip("the libciul backend is not in this build: run `make hw-test ONLOAD_PREFIX=/path/to/onload` (an Onload installation with include/etherfabric and lib/libciul.so) for the tagged tests and the wrapper benchmark")
 }
+
+var errNoNICForTest = errors.New("unused: the hardware backend is not built in")

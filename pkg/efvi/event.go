@@ -100,8 +100,8 @@ const (
 	DiscardEthFCSErr      DiscardMask = 0x0004
 	DiscardEthLenErr      DiscardMask = 0x0008
 	DiscardToBeDisc       DiscardMask = 0x0010
-	DiscardInnerL3CsumErr DiscardMask = 0x0020
-	DiscardInnerL4CsumErr DiscardMask = 0x0040
+	DiscardInnerL4CsumErr DiscardMask = 0x0020 // EF_VI_DISCARD_RX_INNER_L4_CSUM_ERR
+	DiscardInnerL3CsumErr DiscardMask = 0x0040 // EF_VI_DISCARD_RX_INNER_L3_CSUM_ERR
 )
 
 // DefaultDiscards is the mask a new VI starts with: IPv4 header checksum

@@ -50,28 +50,6 @@ bench: ## benchmarks (root for the data-path ones)
 clean:
 	rm -rf $(BIN)
 
-# ---- hardware path (issue 11): Onload installation given by ONLOAD_PREFIX ----
-# ONLOAD_PREFIX names an Onload installation: <prefix>/include/etherfabric/*.h
-# and <prefix>/lib/libciul.so (a node's Onload install, e.g. /usr). Nothing
-# of Onload is built or vendored here.
-ONLOAD_PREFIX ?=
-ONLOAD_CGO = CGO_ENABLED=1 CGO_CFLAGS="-I$(ONLOAD_PREFIX)/include" CGO_LDFLAGS="-L$(ONLOAD_PREFIX)/lib -Wl,-rpath,$(ONLOAD_PREFIX)/lib"
-.PHONY: hw-test build-onload
-
-hw-test: ## hardware-path tests, no root needed (go test -v); with ONLOAD_PREFIX also the onload-tagged build + vet and libciul's own client
-	ONLOAD_PREFIX="$(ONLOAD_PREFIX)" $(GO) test -count=1 -v -run 'TestClusterHandshake|TestHardwarePool' ./pkg/cluster ./pkg/hwvi/...
-	@if [ -z "$(ONLOAD_PREFIX)" ]; then \
-		echo "hw-test: ONLOAD_PREFIX is not set: skipped the onload-tagged build/vet and libciul's ef_pd_alloc_by_name() against the agent (set ONLOAD_PREFIX=<Onload install prefix with include/etherfabric and lib/libciul.so>)"; \
-	else \
-		echo "hw-test: go build + go vet -tags onload ./... against $(ONLOAD_PREFIX)"; \
-		$(ONLOAD_CGO) $(GO) build -tags onload ./... && $(ONLOAD_CGO) $(GO) vet -tags onload ./... && echo "hw-test: onload-tagged agent, SDK and tools build and vet clean"; \
-	fi
-
-build-onload: ## the agent with the hardware backend (libciul from ONLOAD_PREFIX) in bin/efvi-agent-onload
-	@test -n "$(ONLOAD_PREFIX)" || { echo "build-onload: set ONLOAD_PREFIX to the node's Onload installation (include/etherfabric, lib/libciul.so)"; exit 2; }
-	@mkdir -p $(BIN)
-	$(ONLOAD_CGO) $(GO) build -tags onload -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/efvi-agent-onload ./cmd/device-plugin
-
 # ---- images, chart, e2e cluster, demo (issue 6) ----
 HELM ?= $(GOBIN_TOOLS)/helm
 HELM_VERSION ?= v3.16.4
@@ -116,27 +94,38 @@ demo-down: ## remove the demo pod, then e2e-down
 # ---- hardware path (issues 11, 12): libciul behind -tags onload ----
 # ONLOAD_PREFIX names an Onload installation (include/etherfabric/*.h,
 # lib/libciul.so), e.g. /usr on a node with Onload installed. Nothing of
-# Onload is in this repository; without ONLOAD_PREFIX the tagged part skips.
+# Onload is built or vendored here; without ONLOAD_PREFIX the tagged part
+# skips, saying so.
 ONLOAD_PREFIX ?=
 ONLOAD_ENV = CGO_ENABLED=1 CGO_CFLAGS="-I$(ONLOAD_PREFIX)/include" CGO_LDFLAGS="-L$(ONLOAD_PREFIX)/lib -L$(ONLOAD_PREFIX)/lib64 -Wl,-rpath,$(ONLOAD_PREFIX)/lib -Wl,-rpath,$(ONLOAD_PREFIX)/lib64"
 HW_SDK_PKGS := ./pkg/efvi/
 HW_TOOLS := ./cmd/efsink ./cmd/efsend ./cmd/eflatency
-.PHONY: hw-test hw-test-sdk build-onload
+.PHONY: hw-test hw-test-agent hw-test-sdk build-onload
 
-hw-test: hw-test-sdk ## hardware-path tests (no root): always the pure-Go parts; with ONLOAD_PREFIX=... also the onload-tagged build, vet, tests, wrapper benchmark
+hw-test: hw-test-agent hw-test-sdk ## hardware-path tests (no root): always the pure-Go parts; with ONLOAD_PREFIX also the onload-tagged build, vet, tests, libciul's own client, wrapper benchmark
+
+hw-test-agent:
+	ONLOAD_PREFIX="$(ONLOAD_PREFIX)" $(GO) test -count=1 -v -run 'TestClusterHandshake|TestHardwarePool' ./pkg/cluster ./pkg/hwvi/...
+	@if [ -z "$(ONLOAD_PREFIX)" ]; then \
+		echo "SKIP hw-test-agent onload part: ONLOAD_PREFIX is not set (an Onload installation: include/etherfabric/*.h, lib/libciul.so): the onload-tagged agent build/vet and libciul's ef_pd_alloc_by_name() against the agent did not run"; \
+	else \
+		set -e; \
+		$(ONLOAD_ENV) $(GO) build -tags onload ./...; \
+		$(ONLOAD_ENV) $(GO) vet -tags onload ./...; \
+		echo "hw-test-agent: onload-tagged agent, SDK and tools build and vet clean against $(ONLOAD_PREFIX)"; \
+	fi
 
 hw-test-sdk:
 	$(GO) test -v -count=1 -run 'TestHardwareSDK' $(HW_SDK_PKGS)
 	@if [ -z "$(ONLOAD_PREFIX)" ]; then \
-		echo "SKIP hw-test-sdk onload part: set ONLOAD_PREFIX=/path/to/onload (an Onload installation: include/etherfabric/*.h, lib/libciul.so) to build, vet and test the -tags onload SDK and tools"; \
+		echo "SKIP hw-test-sdk onload part: ONLOAD_PREFIX is not set: the -tags onload SDK tests and wrapper benchmark did not run"; \
 	else \
 		set -e; \
-		$(ONLOAD_ENV) $(GO) build -tags onload ./...; \
-		$(ONLOAD_ENV) $(GO) vet -tags onload $(HW_SDK_PKGS) $(HW_TOOLS); \
 		$(ONLOAD_ENV) $(GO) test -tags onload -v -count=1 -run 'TestHardwareSDK' -bench 'HardwareSDK' -benchmem $(HW_SDK_PKGS); \
 	fi
 
-build-onload: ## the ef tools with the hardware backend in bin/onload/ (needs ONLOAD_PREFIX and cgo)
-	@test -n "$(ONLOAD_PREFIX)" || { echo "set ONLOAD_PREFIX=/path/to/onload (e.g. /usr on a node with Onload installed)"; exit 1; }
+build-onload: ## the agent and the ef tools with the hardware backend in bin/onload/ (needs ONLOAD_PREFIX and cgo)
+	@test -n "$(ONLOAD_PREFIX)" || { echo "build-onload: set ONLOAD_PREFIX to the node's Onload installation (include/etherfabric, lib/libciul.so), e.g. /usr"; exit 2; }
 	@mkdir -p $(BIN)/onload
+	$(ONLOAD_ENV) $(GO) build -tags onload -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/onload/efvi-agent ./cmd/device-plugin
 	for c in efsink efsend eflatency; do $(ONLOAD_ENV) $(GO) build -tags onload -trimpath -o $(BIN)/onload/$$c ./cmd/$$c || exit 1; done

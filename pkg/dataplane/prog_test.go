@@ -419,3 +419,25 @@ func TestVIRxProgram(t *testing.T) {
 		t.Fatalf("counters %+v, want 1 packet of %d bytes", c, len(pkt))
 	}
 }
+
+// viProgs sets VI vi up on the rig (its veths are lo, ifindex 1, as
+// BPF_PROG_TEST_RUN's default context says) and returns its RX and TX
+// programs.
+func (r *rig) viProgs(vi uint32, mac [6]byte, srcs ...netip.Addr) (rx, tx *ebpf.Program) {
+	r.t.Helper()
+	if err := r.m.ifToVI.Put(uint32(1), vi); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.m.txCfg.Put(uint32(1), txCfg{MAC: mac, VI: vi}); err != nil {
+		r.t.Fatal(err)
+	}
+	for _, a := range srcs {
+		if err := r.m.allowed.Put(toSrcKey(vi, a), uint32(1)); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	if err := r.m.portDev.Put(uint32(0), uint32(1)); err != nil {
+		r.t.Fatal(err)
+	}
+	return r.p.viRx, r.p.viTx
+}

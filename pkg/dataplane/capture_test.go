@@ -201,18 +201,10 @@ func BenchmarkVIPrograms(b *testing.B) {
 	}{{"rx/capture-off", false, false}, {"tx/capture-off", true, false}, {"rx/capture-on", false, true}, {"tx/capture-on", true, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			r := newRig(b)
-			if err := r.m.ifToVI.Put(uint32(1), uint32(vi)); err != nil {
-				b.Fatal(err)
-			}
-			if err := r.m.txCfg.Put(uint32(1), txCfg{MAC: srcMAC, VI: vi}); err != nil {
-				b.Fatal(err)
-			}
-			if err := r.m.allowed.Put(toSrcKey(vi, txF.srcIP), uint32(1)); err != nil {
-				b.Fatal(err)
-			}
-			prog, pkt := r.p.viRx, rxPkt
+			rx, tx := r.viProgs(vi, srcMAC, txF.srcIP)
+			prog, pkt := rx, rxPkt
 			if c.tx {
-				prog, pkt = r.p.viTx, txPkt
+				prog, pkt = tx, txPkt
 			}
 			if c.capture {
 				// A real capturer: the perf rings exist and are drained.

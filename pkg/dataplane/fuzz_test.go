@@ -86,7 +86,9 @@ func refLookup(pkt []byte, entries map[filterKey]filterVal) (filterVal, bool) {
 }
 
 // FuzzPortProgram runs arbitrary frames through the verified port program
-// and checks it against the Go model: same action, same filter hit.
+// and checks it against the Go model: same action, same filter hit. Two
+// filter sets: a mixed one (the generic path, with compact IPv4 keys looked
+// up at their levels) and one of compact IPv4 filters only (the fast path).
 func FuzzPortProgram(f *testing.F) {
 	for _, fr := range []frame{
 		udp4("10.0.0.2", "10.0.0.1", 6000, 5000),
@@ -94,11 +96,12 @@ func FuzzPortProgram(f *testing.F) {
 		udp6("fd00::2", "fd00::1", 6000, 5000),
 		{dst: macPort, src: macPeer, vlan: 100, etherType: 0x0800, srcIP: udp4("1.1.1.1", "10.0.0.1", 1, 1).srcIP, dstIP: udp4("1.1.1.1", "10.0.0.1", 1, 1).dstIP, proto: protoTCP, sport: 1, dport: 5000},
 		{dst: macMcast, src: macPeer, vlan: -1, etherType: 0x88b5},
+		{dst: macPort, src: macPeer, vlan: 7, etherType: 0x0800, srcIP: udp4("10.0.0.2", "10.0.0.1", 1, 1).srcIP, dstIP: udp4("10.0.0.2", "10.0.0.1", 1, 1).dstIP, proto: protoUDP, sport: 6000, dport: 5000},
 	} {
 		f.Add(fr.bytes())
 	}
-	r := newRig(f, 1, 2, 3, 4, 5, 6)
-	specs := []filt{
+	mixed := newRig(f, 1, 2, 3, 4, 5, 6)
+	for _, s := range []filt{
 		{1, localSpec(filter.ProtoUDP, "10.0.0.1", 5000)},
 		{2, fullSpec(filter.ProtoUDP, "10.0.0.1", 5000, "10.0.0.2", 6000)},
 		{3, withVLAN(localSpec(filter.ProtoTCP, "10.0.0.1", 5000), 100)},
@@ -106,35 +109,62 @@ func FuzzPortProgram(f *testing.F) {
 		{5, macSpec(macPort)},
 		{6, filter.Spec{Match: filter.MatchMulticastAll}},
 		{1, filter.Spec{Match: filter.MatchIPProto, IPProto: filter.ProtoTCP}},
+		{3, withVLAN(fullSpec(filter.ProtoUDP, "10.0.0.1", 5000, "10.0.0.2", 6000), 7)},
+	} {
+		mixed.install(s.vi, s.spec)
 	}
-	for _, s := range specs {
-		r.install(s.vi, s.spec)
+	fast := newRig(f, 1, 2, 3)
+	for _, s := range []filt{
+		{1, localSpec(filter.ProtoUDP, "10.0.0.1", 5000)},
+		{2, fullSpec(filter.ProtoUDP, "10.0.0.1", 5000, "10.0.0.2", 6000)},
+		{3, localSpec(filter.ProtoTCP, "10.0.0.1", 5000)},
+		{3, localSpec(filter.ProtoUDP, "239.1.2.3", 5000)},
+	} {
+		fast.install(s.vi, s.spec)
+	}
+	if present := fastConfig(f, fast); present&genericLevels != 0 {
+		f.Fatalf("compact-only filter set has generic kinds %#x: the fast path is not exercised", present)
 	}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		if len(pkt) < 14 || len(pkt) > 1500 {
 			return // BPF_PROG_TEST_RUN needs an Ethernet header
 		}
-		want, ok := refLookup(pkt, r.tb.entries)
-		var before uint64
-		if ok {
-			before, _ = r.m.readHits(want.Slot)
-		}
-		got, err := r.p.port.Run(&ebpf.RunOptions{Data: pkt})
-		if err != nil {
-			t.Fatalf("test run: %v", err)
-		}
-		wantAct := uint32(xdpPass)
-		if ok {
-			wantAct = xdpRedirect
-		}
-		if got != wantAct {
-			t.Fatalf("frame %x: program %s, model %s (%+v)", pkt, actName(got), actName(wantAct), want)
-		}
-		if ok {
-			n, err := r.m.readHits(want.Slot)
-			if err != nil || n != before+1 {
-				t.Fatalf("frame %x: model's filter slot %d has %d hits (%v), want %d", pkt, want.Slot, n, err, before+1)
-			}
+		for _, r := range []*rig{mixed, fast} {
+			checkAgainstModel(t, r, pkt)
 		}
 	})
+}
+
+// fastConfig returns the rig's presence bits.
+func fastConfig(tb testing.TB, r *rig) uint32 {
+	var c configVal
+	if err := r.m.config.Lookup(uint32(0), &c); err != nil {
+		tb.Fatal(err)
+	}
+	return c.Present
+}
+
+func checkAgainstModel(t *testing.T, r *rig, pkt []byte) {
+	want, ok := refLookup(pkt, r.tb.entries)
+	var before uint64
+	if ok {
+		before, _ = r.m.readHits(want.Slot)
+	}
+	got, err := r.p.port.Run(&ebpf.RunOptions{Data: pkt})
+	if err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	wantAct := uint32(xdpPass)
+	if ok {
+		wantAct = xdpRedirect
+	}
+	if got != wantAct {
+		t.Fatalf("frame %x: program %s, model %s (%+v)", pkt, actName(got), actName(wantAct), want)
+	}
+	if ok {
+		n, err := r.m.readHits(want.Slot)
+		if err != nil || n != before+1 {
+			t.Fatalf("frame %x: model's filter slot %d has %d hits (%v), want %d", pkt, want.Slot, n, err, before+1)
+		}
+	}
 }

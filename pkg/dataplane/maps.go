@@ -48,6 +48,26 @@ const (
 	numKinds           = 14
 )
 
+// Compact IPv4 keys. IPv4 local and full filters without a VLAN (the common
+// case) live in their own maps with short keys rather than in the generic
+// 48-byte one: local4 keys are the first 8 bytes of the layout, full4 keys
+// all 16. Addresses and ports are in network byte order, pads zero.
+const (
+	key4OffLAddr  = 0  // u32 destination IP
+	key4OffLPort  = 4  // u16 destination port
+	key4OffProto  = 6  // u8 IP protocol, then a zero pad byte
+	key4OffRAddr  = 8  // u32 source IP (full4 only)
+	key4OffRPort  = 12 // u16 source port, then a zero pad u16 (full4 only)
+	local4KeySize = 8
+	full4KeySize  = 16
+
+	// Presence bits of the compact maps in configVal.Present (the generic
+	// kinds use bit kind).
+	bitLocal4 = numKinds
+	bitFull4  = numKinds + 1
+	numBits   = numKinds + 2
+)
+
 // Filter value layout.
 const (
 	valOffVI    = 0
@@ -89,7 +109,6 @@ type txCfg struct {
 	VI  uint32
 }
 
-const txCfgOffVI = 8
 
 // srcKey is the key of the allowed-sources map.
 type srcKey struct {
@@ -147,9 +166,11 @@ func (l Limits) withDefaults() Limits {
 // maps are the port's BPF maps.
 type maps struct {
 	filters *ebpf.Map // HASH filterKey → filterVal
+	local4  *ebpf.Map // HASH local4 key → filterVal (IPv4 local, no VLAN)
+	full4   *ebpf.Map // HASH full4 key → filterVal (IPv4 full, no VLAN)
 	hits    *ebpf.Map // PERCPU_ARRAY slot → u64
 	config  *ebpf.Map // ARRAY[1] configVal
-	viDev   *ebpf.Map // DEVMAP_HASH vi → ifindex of v<N>
+	viDev   *ebpf.Map // DEVMAP (VI ids are dense) vi → ifindex of v<N>
 	groups  *ebpf.Map // HASH_OF_MAPS group → DEVMAP_HASH (vi → ifindex of v<N>)
 	xsks    *ebpf.Map // XSKMAP vi → XSK
 	ifToVI  *ebpf.Map // HASH ifindex of v<N>p → vi
@@ -175,9 +196,11 @@ func (m *maps) defs(l Limits) []mapDef {
 	m.innerSpec = inner
 	return []mapDef{
 		{"filters", &m.filters, &ebpf.MapSpec{Type: ebpf.Hash, KeySize: filterKeySize, ValueSize: 16, MaxEntries: l.MaxFilters}},
+		{"local4", &m.local4, &ebpf.MapSpec{Type: ebpf.Hash, KeySize: local4KeySize, ValueSize: 16, MaxEntries: l.MaxFilters}},
+		{"full4", &m.full4, &ebpf.MapSpec{Type: ebpf.Hash, KeySize: full4KeySize, ValueSize: 16, MaxEntries: l.MaxFilters}},
 		{"hits", &m.hits, &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: l.MaxFilters}},
 		{"config", &m.config, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1}},
-		{"vi_dev", &m.viDev, &ebpf.MapSpec{Type: ebpf.DevMapHash, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxVIs}},
+		{"vi_devs", &m.viDev, &ebpf.MapSpec{Type: ebpf.DevMap, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxVIs}},
 		{"groups", &m.groups, &ebpf.MapSpec{Type: ebpf.HashOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxGroups, InnerMap: inner}},
 		{"xsks", &m.xsks, &ebpf.MapSpec{Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxVIs}},
 		{"if_to_vi", &m.ifToVI, &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: l.MaxVIs}},
@@ -235,11 +258,16 @@ func openMaps(dir string, l Limits) (m *maps, adopted bool, err error) {
 			}
 		}
 	}
+	if dir != "" {
+		// Earlier agents kept the VI devmap as a DEVMAP_HASH pinned as
+		// vi_dev; this one uses the array vi_devs (adoptVIs refills it).
+		_ = os.Remove(filepath.Join(dir, "vi_dev"))
+	}
 	return m, adopted, nil
 }
 
 func (m *maps) all() []*ebpf.Map {
-	return []*ebpf.Map{m.filters, m.hits, m.config, m.viDev, m.groups, m.xsks, m.ifToVI, m.txCfg, m.allowed, m.stats, m.portDev, m.sniff, m.capture, m.events}
+	return []*ebpf.Map{m.filters, m.local4, m.full4, m.hits, m.config, m.viDev, m.groups, m.xsks, m.ifToVI, m.txCfg, m.allowed, m.stats, m.portDev, m.sniff, m.capture, m.events}
 }
 
 func (m *maps) close() {
@@ -312,3 +340,66 @@ func (m *maps) resetHits(slot uint32) error {
 }
 
 func putBE16(k *filterKey, off int, v uint16) { binary.BigEndian.PutUint16(k[off:], v) }
+
+// compactKey says whether filter key k lives in a compact IPv4 map (an IPv4
+// local or full key without VLAN) and returns its presence bit, map and
+// compact key.
+func (m *maps) compactKey(k filterKey) (bit int, cm *ebpf.Map, ck []byte, ok bool) {
+	if binary.NativeEndian.Uint16(k[keyOffVLAN:]) != vlanNone || binary.BigEndian.Uint16(k[keyOffEtherType:]) != 0x0800 {
+		return 0, nil, nil, false
+	}
+	var b [full4KeySize]byte
+	copy(b[key4OffLAddr:], k[keyOffLAddr:keyOffLAddr+4])
+	copy(b[key4OffLPort:], k[keyOffLPort:keyOffLPort+2])
+	b[key4OffProto] = k[keyOffProto]
+	switch k[keyOffKind] {
+	case kindLocal:
+		return bitLocal4, m.local4, b[:local4KeySize], true
+	case kindFull:
+		copy(b[key4OffRAddr:], k[keyOffRAddr:keyOffRAddr+4])
+		copy(b[key4OffRPort:], k[keyOffRPort:keyOffRPort+2])
+		return bitFull4, m.full4, b[:], true
+	}
+	return 0, nil, nil, false
+}
+
+// fromCompact is the filter key of compact key ck of kind kindLocal or
+// kindFull.
+func fromCompact(kind uint8, ck []byte) filterKey {
+	var k filterKey
+	k[keyOffKind] = kind
+	binary.NativeEndian.PutUint16(k[keyOffVLAN:], vlanNone)
+	putBE16(&k, keyOffEtherType, 0x0800)
+	k[keyOffProto] = ck[key4OffProto]
+	copy(k[keyOffLAddr:], ck[key4OffLAddr:key4OffLAddr+4])
+	copy(k[keyOffLPort:], ck[key4OffLPort:key4OffLPort+2])
+	if kind == kindFull {
+		copy(k[keyOffRAddr:], ck[key4OffRAddr:key4OffRAddr+4])
+		copy(k[keyOffRPort:], ck[key4OffRPort:key4OffRPort+2])
+	}
+	return k
+}
+
+// presenceBit is the configVal.Present bit a filter key sets.
+func (m *maps) presenceBit(k filterKey) int {
+	if bit, _, _, ok := m.compactKey(k); ok {
+		return bit
+	}
+	return int(k[keyOffKind])
+}
+
+// putFilter adds k → v to the map it belongs in (UpdateNoExist).
+func (m *maps) putFilter(k filterKey, v filterVal) error {
+	if _, cm, ck, ok := m.compactKey(k); ok {
+		return cm.Update(ck, v, ebpf.UpdateNoExist)
+	}
+	return m.filters.Update(k, v, ebpf.UpdateNoExist)
+}
+
+// deleteFilter removes k from the map it belongs in.
+func (m *maps) deleteFilter(k filterKey) error {
+	if _, cm, ck, ok := m.compactKey(k); ok {
+		return cm.Delete(ck)
+	}
+	return m.filters.Delete(k)
+}

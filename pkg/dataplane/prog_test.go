@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -317,20 +318,27 @@ type xdpMd struct {
 }
 
 func TestVITxProgram(t *testing.T) {
+	// Inline: the IPv4 source is compared in the program; map: more IPv4
+	// sources than maxInlineSrcs, checked in the allowed map. IPv6 always
+	// goes to the map.
+	many := []string{"10.0.0.5", "fd00::5"}
+	for i := range maxInlineSrcs {
+		many = append(many, fmt.Sprintf("10.0.1.%d", i+1))
+	}
+	for _, srcs := range [][]string{{"10.0.0.5", "fd00::5"}, many} {
+		t.Run(fmt.Sprintf("%d-sources", len(srcs)), func(t *testing.T) { testVITx(t, srcs) })
+	}
+}
+
+func testVITx(t *testing.T, srcs []string) {
 	r := newRig(t)
 	const vi = 4
 	srcMAC := [6]byte{0x02, 0xaa, 0, 0, 0, 4}
-	if err := r.m.txCfg.Put(uint32(1), txCfg{MAC: srcMAC, VI: vi}); err != nil {
-		t.Fatal(err)
+	var addrs []netip.Addr
+	for _, a := range srcs {
+		addrs = append(addrs, netip.MustParseAddr(a))
 	}
-	if err := r.m.portDev.Put(uint32(0), uint32(1)); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"10.0.0.5", "fd00::5"} {
-		if err := r.m.allowed.Put(toSrcKey(vi, netip.MustParseAddr(a)), uint32(1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, txProg := r.viProgs(vi, srcMAC, addrs...)
 	good4 := udp4("10.0.0.5", "10.0.0.9", 1, 2)
 	good4.src = srcMAC
 	good6 := udp6("fd00::5", "fd00::9", 1, 2)
@@ -380,7 +388,7 @@ func TestVITxProgram(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := r.run(r.p.viTx, c.pkt, xdpMd{DataEnd: uint32(len(c.pkt)), IngressIfindex: 1})
+			got := r.run(txProg, c.pkt, xdpMd{DataEnd: uint32(len(c.pkt)), IngressIfindex: 1})
 			if got != c.want {
 				t.Fatalf("action %s, want %s", actName(got), actName(c.want))
 			}
@@ -403,12 +411,10 @@ func TestVITxProgram(t *testing.T) {
 func TestVIRxProgram(t *testing.T) {
 	r := newRig(t)
 	const vi = 3
-	if err := r.m.ifToVI.Put(uint32(1), uint32(vi)); err != nil {
-		t.Fatal(err)
-	}
+	rxProg, _ := r.viProgs(vi, [6]byte{2})
 	pkt := udp4("10.0.0.2", "10.0.0.1", 1, 5000).bytes()
 	// No XSK in the xskmap: falls back to XDP_PASS (the peer's kernel stack).
-	if got := r.run(r.p.viRx, pkt, xdpMd{DataEnd: uint32(len(pkt)), IngressIfindex: 1}); got != xdpPass {
+	if got := r.run(rxProg, pkt, xdpMd{DataEnd: uint32(len(pkt)), IngressIfindex: 1}); got != xdpPass {
 		t.Fatalf("action %s, want PASS", actName(got))
 	}
 	c, err := r.m.readCounters(vi)
@@ -420,17 +426,11 @@ func TestVIRxProgram(t *testing.T) {
 	}
 }
 
-// viProgs sets VI vi up on the rig (its veths are lo, ifindex 1, as
-// BPF_PROG_TEST_RUN's default context says) and returns its RX and TX
-// programs.
+// viProgs sets VI vi up on the rig as CreateVI does (its veths are lo,
+// ifindex 1, as BPF_PROG_TEST_RUN's default context says) and returns its
+// RX and TX programs, built with its constants.
 func (r *rig) viProgs(vi uint32, mac [6]byte, srcs ...netip.Addr) (rx, tx *ebpf.Program) {
 	r.t.Helper()
-	if err := r.m.ifToVI.Put(uint32(1), vi); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := r.m.txCfg.Put(uint32(1), txCfg{MAC: mac, VI: vi}); err != nil {
-		r.t.Fatal(err)
-	}
 	for _, a := range srcs {
 		if err := r.m.allowed.Put(toSrcKey(vi, a), uint32(1)); err != nil {
 			r.t.Fatal(err)
@@ -439,5 +439,10 @@ func (r *rig) viProgs(vi uint32, mac [6]byte, srcs ...netip.Addr) (rx, tx *ebpf.
 	if err := r.m.portDev.Put(uint32(0), uint32(1)); err != nil {
 		r.t.Fatal(err)
 	}
-	return r.p.viRx, r.p.viTx
+	p, err := loadVIProgs(r.m, newVIConsts(vi, mac, srcs))
+	if err != nil {
+		r.t.Fatalf("VI programs: %v", err)
+	}
+	r.t.Cleanup(p.close)
+	return p.rx, p.tx
 }

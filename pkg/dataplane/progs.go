@@ -39,20 +39,6 @@ func be16(v uint16) int32 {
 	return int32(binary.NativeEndian.Uint16(b[:]))
 }
 
-// Stack layout of the port program (offsets from R10).
-const (
-	stKey      = -48  // filterKey being looked up (48 bytes)
-	stTmpl     = -96  // parsed packet fields in filterKey layout (48 bytes)
-	stFlags    = -104 // u32 pktFlag*
-	stScratch  = -112 // u32 scratch key for array/hash lookups
-	stPresent  = -120 // u32 kind bitmask from the config map
-	stBlock    = -116 // u32 block bitmask from the config map
-	pktMcast   = 1    // destination MAC is multicast/broadcast
-	pktIP      = 2    // IPv4 (not a fragment) or IPv6 addresses are in the template
-	pktL4      = 4    // UDP/TCP ports are in the template
-	nKeyDWords = filterKeySize / 8
-)
-
 // mapPtr loads a reference to m into dst.
 func mapPtr(dst asm.Register, m *ebpf.Map) asm.Instruction {
 	ins := asm.LoadMapPtr(dst, 0)
@@ -131,468 +117,79 @@ const (
 	cntRxRedirectErrors = 40
 )
 
-// level is one step of the port program's lookup, most specific first.
-type level struct {
-	kind   uint8 // key kind; for all/mismatch the unicast kind (multicast = kind+1)
-	byCast bool  // kind + (packet is multicast)
-	need   uint32
-	vlan   bool // look up with the packet's VLAN, then without
-	fields []keyField
-}
+// Building blocks shared by the programs. Each names a step a reader can
+// follow; registers are the caller's (documented per block), scratch
+// registers R0-R5 are clobbered.
 
-type keyField struct {
-	off  int16
-	size asm.Size
-}
-
-var (
-	fProto = keyField{keyOffProto, asm.Byte}
-	fEth   = keyField{keyOffEtherType, asm.Half}
-	fLPort = keyField{keyOffLPort, asm.Half}
-	fRPort = keyField{keyOffRPort, asm.Half}
-	fMAC0  = keyField{keyOffMAC, asm.Half}
-	fMAC1  = keyField{keyOffMAC + 2, asm.Word}
-	fLA0   = keyField{keyOffLAddr, asm.DWord}
-	fLA1   = keyField{keyOffLAddr + 8, asm.DWord}
-	fRA0   = keyField{keyOffRAddr, asm.DWord}
-	fRA1   = keyField{keyOffRAddr + 8, asm.DWord}
-)
-
-// portLevels is the NIC's match order.
-func portLevels() []level {
-	return []level{
-		{kind: kindFull, need: pktIP | pktL4, vlan: true, fields: []keyField{fProto, fEth, fLPort, fRPort, fLA0, fLA1, fRA0, fRA1}},
-		{kind: kindLocal, need: pktIP | pktL4, vlan: true, fields: []keyField{fProto, fEth, fLPort, fLA0, fLA1}},
-		{kind: kindMACEtherType, vlan: true, fields: []keyField{fEth, fMAC0, fMAC1}},
-		{kind: kindMACProto, vlan: true, fields: []keyField{fProto, fMAC0, fMAC1}},
-		{kind: kindMAC, vlan: true, fields: []keyField{fMAC0, fMAC1}},
-		{kind: kindEtherType, vlan: true, fields: []keyField{fEth}},
-		{kind: kindIPProto, vlan: true, fields: []keyField{fProto}},
-		{kind: kindUnicastAll, byCast: true},
-		{kind: kindUnicastMis, byCast: true, vlan: true},
-	}
-}
-
-// buildPortXDP generates the port's XDP program: parse, look up filters most
-// specific first, deliver to a VI (steal or replicate) or pass/block.
-func buildPortXDP(m *maps) asm.Instructions {
-	g := &gen{}
-	const (
-		ctx     = asm.R6
-		data    = asm.R7
-		dataEnd = asm.R8
-		l3      = asm.R9
-	)
+// lookup is R0 = bpf_map_lookup_elem(m, fp+keyOff); a NULL result jumps to
+// miss.
+func (g *gen) lookup(m *ebpf.Map, keyOff int16, miss string) {
 	g.emit(
-		asm.Mov.Reg(ctx, asm.R1),
-		// config: present kinds and block bits.
-		asm.StoreImm(asm.RFP, stScratch, 0, asm.Word),
-		mapPtr(asm.R1, m.config),
+		mapPtr(asm.R1, m),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stScratch),
+		asm.Add.Imm(asm.R2, int32(keyOff)),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.RFP, stPresent, asm.R1, asm.Word),
-		asm.LoadMem(asm.R2, asm.R0, 4, asm.Word),
-		asm.StoreMem(asm.RFP, stBlock, asm.R2, asm.Word),
-		asm.Or.Reg(asm.R1, asm.R2),
-		asm.JEq.Imm(asm.R1, 0, "pass"), // no filters at all: fast path
-		asm.LoadMem(data, ctx, xdpMdData, asm.Word),
-		asm.LoadMem(dataEnd, ctx, xdpMdDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R2, data),
-		asm.Add.Imm(asm.R2, 14),
-		asm.JGT.Reg(asm.R2, dataEnd, "pass"), // runt: the kernel deals with it
+		asm.JEq.Imm(asm.R0, 0, miss),
 	)
-	for i := int16(0); i < nKeyDWords; i++ {
-		g.emit(zero64(asm.RFP, stTmpl+8*i))
-	}
+}
+
+// lookupHit is R0 = bpf_map_lookup_elem(m, fp+keyOff); a hit jumps to hit.
+func (g *gen) lookupHit(m *ebpf.Map, keyOff int16, hit string) {
 	g.emit(
-		// destination MAC and its multicast bit
-		asm.LoadMem(asm.R1, data, 0, asm.Half),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffMAC, asm.R1, asm.Half),
-		asm.LoadMem(asm.R1, data, 2, asm.Word),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffMAC+2, asm.R1, asm.Word),
-		asm.LoadMem(asm.R1, data, 0, asm.Byte),
-		asm.And.Imm(asm.R1, pktMcast),
-		asm.StoreMem(asm.RFP, stFlags, asm.R1, asm.Word),
-		asm.StoreImm(asm.RFP, stTmpl+keyOffVLAN, vlanNone, asm.Half),
-		asm.LoadMem(asm.R1, data, 12, asm.Half),
+		mapPtr(asm.R1, m),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(keyOff)),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, hit),
+	)
+}
+
+// need jumps to short unless n bytes from ptr are inside the frame (end is
+// data_end). Clobbers R2.
+func (g *gen) need(ptr asm.Register, n int32, end asm.Register, short string) {
+	g.emit(
+		asm.Mov.Reg(asm.R2, ptr),
+		asm.Add.Imm(asm.R2, n),
+		asm.JGT.Reg(asm.R2, end, short),
+	)
+}
+
+// l3 skips the Ethernet header and at most one 802.1Q tag: l3 = start of
+// the L3 header, R1 = its EtherType (raw load). The caller has checked 14
+// bytes; a truncated tag jumps to short.
+func (g *gen) l3(data, end, l3 asm.Register, short string) {
+	untagged := g.label("untagged")
+	g.emit(
 		asm.Mov.Reg(l3, data),
 		asm.Add.Imm(l3, 14),
-		asm.JNE.Imm(asm.R1, be16(0x8100), "novlan"),
-		asm.Mov.Reg(asm.R2, data),
-		asm.Add.Imm(asm.R2, 18),
-		asm.JGT.Reg(asm.R2, dataEnd, "pass"),
-		asm.LoadMem(asm.R1, data, 14, asm.Half),
-		asm.HostTo(asm.BE, asm.R1, asm.Half),
-		asm.And.Imm(asm.R1, 0x0fff),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffVLAN, asm.R1, asm.Half),
-		asm.LoadMem(asm.R1, data, 16, asm.Half),
-		asm.Add.Imm(l3, 4),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffEtherType, asm.R1, asm.Half).WithSymbol("novlan"),
-		asm.JEq.Imm(asm.R1, be16(0x0800), "ipv4"),
-		asm.JEq.Imm(asm.R1, be16(0x86dd), "ipv6"),
-		asm.Ja.Label("lookup"),
-
-		// IPv4: IHL honoured; fragments keep only the protocol.
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("ipv4"),
-		asm.Add.Imm(asm.R2, 20),
-		asm.JGT.Reg(asm.R2, dataEnd, "lookup"),
-		asm.LoadMem(asm.R1, l3, 9, asm.Byte),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffProto, asm.R1, asm.Byte),
-		asm.LoadMem(asm.R2, l3, 6, asm.Half),
-		asm.And.Imm(asm.R2, be16(0x3fff)),
-		asm.JNE.Imm(asm.R2, 0, "lookup"),
-		asm.LoadMem(asm.R2, l3, 0, asm.Byte),
-		asm.And.Imm(asm.R2, 0x0f),
-		asm.JLT.Imm(asm.R2, 5, "lookup"),
-		asm.LoadMem(asm.R3, l3, 16, asm.Word),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffLAddr, asm.R3, asm.Word),
-		asm.LoadMem(asm.R3, l3, 12, asm.Word),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffRAddr, asm.R3, asm.Word),
-		asm.LoadMem(asm.R3, asm.RFP, stFlags, asm.Word),
-		asm.Or.Imm(asm.R3, pktIP),
-		asm.StoreMem(asm.RFP, stFlags, asm.R3, asm.Word),
-		asm.LSh.Imm(asm.R2, 2),
-		asm.Add.Reg(l3, asm.R2),
-		asm.Ja.Label("l4"),
-
-		// IPv6: fixed header only; an extension header is "not UDP/TCP".
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("ipv6"),
-		asm.Add.Imm(asm.R2, 40),
-		asm.JGT.Reg(asm.R2, dataEnd, "lookup"),
-		asm.LoadMem(asm.R1, l3, 6, asm.Byte),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffProto, asm.R1, asm.Byte),
-		asm.LoadMem(asm.R3, l3, 24, asm.DWord),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffLAddr, asm.R3, asm.DWord),
-		asm.LoadMem(asm.R3, l3, 32, asm.DWord),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffLAddr+8, asm.R3, asm.DWord),
-		asm.LoadMem(asm.R3, l3, 8, asm.DWord),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffRAddr, asm.R3, asm.DWord),
-		asm.LoadMem(asm.R3, l3, 16, asm.DWord),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffRAddr+8, asm.R3, asm.DWord),
-		asm.LoadMem(asm.R3, asm.RFP, stFlags, asm.Word),
-		asm.Or.Imm(asm.R3, pktIP),
-		asm.StoreMem(asm.RFP, stFlags, asm.R3, asm.Word),
-		asm.Add.Imm(l3, 40),
-
-		// L4 ports (UDP and TCP share the layout).
-		asm.JEq.Imm(asm.R1, int32(protoUDP), "ports").WithSymbol("l4"),
-		asm.JEq.Imm(asm.R1, int32(protoTCP), "ports"),
-		asm.Ja.Label("lookup"),
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("ports"),
-		asm.Add.Imm(asm.R2, 4),
-		asm.JGT.Reg(asm.R2, dataEnd, "lookup"),
-		asm.LoadMem(asm.R3, l3, 0, asm.Half),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffRPort, asm.R3, asm.Half),
-		asm.LoadMem(asm.R3, l3, 2, asm.Half),
-		asm.StoreMem(asm.RFP, stTmpl+keyOffLPort, asm.R3, asm.Half),
-		asm.LoadMem(asm.R3, asm.RFP, stFlags, asm.Word),
-		asm.Or.Imm(asm.R3, pktL4),
-		asm.StoreMem(asm.RFP, stFlags, asm.R3, asm.Word),
-	)
-	g.mark("lookup")
-	for _, lv := range portLevels() {
-		skip := g.label("skip")
-		if lv.need != 0 {
-			g.emit(
-				asm.LoadMem(asm.R1, asm.RFP, stFlags, asm.Word),
-				asm.And.Imm(asm.R1, int32(lv.need)),
-				asm.JNE.Imm(asm.R1, int32(lv.need), skip),
-			)
-		}
-		// kind into R3; presence test.
-		g.emit(asm.Mov.Imm(asm.R3, int32(lv.kind)))
-		if lv.byCast {
-			g.emit(
-				asm.LoadMem(asm.R1, asm.RFP, stFlags, asm.Word),
-				asm.And.Imm(asm.R1, pktMcast),
-				asm.Add.Reg(asm.R3, asm.R1),
-			)
-		}
-		g.emit(
-			asm.LoadMem(asm.R1, asm.RFP, stPresent, asm.Word),
-			asm.RSh.Reg(asm.R1, asm.R3),
-			asm.And.Imm(asm.R1, 1),
-			asm.JEq.Imm(asm.R1, 0, skip),
-		)
-		for i := int16(0); i < nKeyDWords; i++ {
-			g.emit(zero64(asm.RFP, stKey+8*i))
-		}
-		g.emit(asm.StoreMem(asm.RFP, stKey+keyOffKind, asm.R3, asm.Byte))
-		for _, f := range lv.fields {
-			g.emit(
-				asm.LoadMem(asm.R1, asm.RFP, stTmpl+f.off, f.size),
-				asm.StoreMem(asm.RFP, stKey+f.off, asm.R1, f.size),
-			)
-		}
-		lookup := func() {
-			g.emit(
-				mapPtr(asm.R1, m.filters),
-				asm.Mov.Reg(asm.R2, asm.RFP),
-				asm.Add.Imm(asm.R2, stKey),
-				asm.FnMapLookupElem.Call(),
-				asm.JNE.Imm(asm.R0, 0, "match"),
-			)
-		}
-		if lv.vlan {
-			g.emit(
-				asm.LoadMem(asm.R1, asm.RFP, stTmpl+keyOffVLAN, asm.Half),
-				asm.StoreMem(asm.RFP, stKey+keyOffVLAN, asm.R1, asm.Half),
-			)
-			lookup()
-			g.emit(
-				asm.LoadMem(asm.R1, asm.RFP, stTmpl+keyOffVLAN, asm.Half),
-				asm.JEq.Imm(asm.R1, vlanNone, skip),
-			)
-		}
-		g.emit(asm.StoreImm(asm.RFP, stKey+keyOffVLAN, vlanNone, asm.Half))
-		lookup()
-		g.mark(skip)
-	}
-	// No filter matched: block-kernel or pass.
-	g.emit(
-		asm.LoadMem(asm.R1, asm.RFP, stBlock, asm.Word),
-		asm.LoadMem(asm.R2, asm.RFP, stFlags, asm.Word),
-		asm.And.Imm(asm.R2, pktMcast),
-		asm.RSh.Reg(asm.R1, asm.R2), // bit 0 = unicast blocked, bit 1 = multicast blocked
-		asm.And.Imm(asm.R1, 1),
-		asm.JNE.Imm(asm.R1, 0, "drop"),
-		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
-		asm.Return(),
-
-		// R0 = *filterVal
-		asm.LoadMem(asm.R7, asm.R0, valOffVI, asm.Word).WithSymbol("match"),
-		asm.LoadMem(asm.R8, asm.R0, valOffMode, asm.Word),
-		asm.LoadMem(asm.R9, asm.R0, valOffGroup, asm.Word),
-		asm.LoadMem(asm.R1, asm.R0, valOffSlot, asm.Word),
-		asm.StoreMem(asm.RFP, stScratch, asm.R1, asm.Word),
-		mapPtr(asm.R1, m.hits),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stScratch),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "deliver"),
-	)
-	g.incU64(asm.R0, 0, asm.R1)
-	g.mark("deliver")
-	g.emit(
-		asm.JEq.Imm(asm.R8, modeReplicate, "replicate"),
-		// steal: to the VI's veth; a missing devmap entry drops (flags = fallback).
-		mapPtr(asm.R1, m.viDev),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Mov.Imm(asm.R3, xdpDrop),
-		asm.FnRedirectMap.Call(),
-		asm.JEq.Imm(asm.R0, xdpRedirect, "exit"),
-		asm.StoreMem(asm.RFP, stScratch, asm.R7, asm.Word),
-		mapPtr(asm.R1, m.stats),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stScratch),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"),
-	)
-	g.incU64(asm.R0, cntRxRedirectErrors, asm.R1)
-	g.emit(
-		asm.Ja.Label("drop"),
-		asm.StoreMem(asm.RFP, stScratch, asm.R9, asm.Word).WithSymbol("replicate"),
-		mapPtr(asm.R1, m.groups),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stScratch),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"),
-		asm.Mov.Reg(asm.R1, asm.R0),
-		asm.Mov.Imm(asm.R2, 0),
-		asm.Mov.Imm(asm.R3, bpfFBroadcast|bpfFExcludeIngress),
-		asm.FnRedirectMap.Call(),
-		asm.Return().WithSymbol("exit"),
-	)
-	return g.insns
-}
-
-// buildVIRxXDP generates the program on every VI's peer veth (v<N>p): count,
-// then redirect into the VI's XSK; with no XSK in the xskmap the frame falls
-// through to v<N>p's kernel stack (fallback XDP_PASS).
-func buildVIRxXDP(m *maps) asm.Instructions {
-	g := &gen{}
-	g.emit(
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R1, asm.R6, xdpMdIngressIfindex, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R1, asm.Word),
-		mapPtr(asm.R1, m.ifToVI),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R7, asm.Word),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.FnXdpGetBuffLen.Call(),
-		asm.Mov.Reg(asm.R8, asm.R0),
-		mapPtr(asm.R1, m.stats),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "redirect"),
-	)
-	g.incU64(asm.R0, cntRxPackets, asm.R1)
-	g.addU64(asm.R0, cntRxBytes, asm.R8, asm.R1)
-	g.mark("redirect")
-	g.captureHook(m, captureHookRegs{ctx: asm.R6, vi: asm.R7, length: asm.R8, save: asm.R9}, -8, rxStCapMeta, CaptureRX)
-	g.emit(
-		mapPtr(asm.R1, m.xsks),
-		asm.Mov.Reg(asm.R2, asm.R7),
-		asm.Mov.Imm(asm.R3, xdpPass),
-		asm.FnRedirectMap.Call(),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
-		asm.Return(),
-	)
-	return g.insns
-}
-
-// Stack layout of the VI TX program.
-const (
-	txStIfindex = -8
-	txStVI      = -16
-	txStLen     = -24
-	txStKey     = -48 // srcKey: vi u32, family u32, addr [16]
-	txStCapMeta = -72 // capture metadata (capMetaSize bytes)
-)
-
-// rxStCapMeta is where the VI RX program builds capture metadata.
-const rxStCapMeta = -32
-
-// buildVITxXDP generates the program on every VI's own veth (v<N>): frames
-// the pod transmits arrive here; spoofed ones are dropped and counted, the
-// rest are redirected out of the port.
-func buildVITxXDP(m *maps) asm.Instructions {
-	g := &gen{}
-	const (
-		ctx  = asm.R6
-		vi   = asm.R7
-		data = asm.R8
-		cfg  = asm.R9
-		end  = asm.R5
-		l3   = asm.R4
-	)
-	g.emit(
-		asm.Mov.Reg(ctx, asm.R1),
-		asm.LoadMem(asm.R1, ctx, xdpMdIngressIfindex, asm.Word),
-		asm.StoreMem(asm.RFP, txStIfindex, asm.R1, asm.Word),
-		mapPtr(asm.R1, m.txCfg),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, txStIfindex),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"), // not a VI veth (cannot happen unless detached)
-		asm.Mov.Reg(cfg, asm.R0),
-		asm.LoadMem(vi, cfg, txCfgOffVI, asm.Word),
-		asm.StoreMem(asm.RFP, txStVI, vi, asm.Word),
-		asm.Mov.Reg(asm.R1, ctx),
-		asm.FnXdpGetBuffLen.Call(),
-		asm.StoreMem(asm.RFP, txStLen, asm.R0, asm.DWord),
-		asm.LoadMem(data, ctx, xdpMdData, asm.Word),
-		asm.LoadMem(end, ctx, xdpMdDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R2, data),
-		asm.Add.Imm(asm.R2, 14),
-		asm.JGT.Reg(asm.R2, end, "spoof"),
-		// source MAC
-		asm.LoadMem(asm.R1, data, 6, asm.Word),
-		asm.LoadMem(asm.R2, cfg, 0, asm.Word),
-		asm.JNE.Reg(asm.R1, asm.R2, "spoof"),
-		asm.LoadMem(asm.R1, data, 10, asm.Half),
-		asm.LoadMem(asm.R2, cfg, 4, asm.Half),
-		asm.JNE.Reg(asm.R1, asm.R2, "spoof"),
-		asm.StoreMem(asm.RFP, txStKey, vi, asm.Word),
-		zero64(asm.RFP, txStKey+8),
-		zero64(asm.RFP, txStKey+16),
 		asm.LoadMem(asm.R1, data, 12, asm.Half),
-		asm.Mov.Reg(l3, data),
-		asm.Add.Imm(l3, 14),
-		asm.JNE.Imm(asm.R1, be16(0x8100), "novlan"),
-		asm.Mov.Reg(asm.R2, data),
-		asm.Add.Imm(asm.R2, 18),
-		asm.JGT.Reg(asm.R2, end, "spoof"),
+		asm.JNE.Imm(asm.R1, be16(0x8100), untagged),
+	)
+	g.need(data, 18, end, short)
+	g.emit(
 		asm.LoadMem(asm.R1, data, 16, asm.Half),
 		asm.Add.Imm(l3, 4),
-		asm.JEq.Imm(asm.R1, be16(0x0800), "ipv4").WithSymbol("novlan"),
-		asm.JEq.Imm(asm.R1, be16(0x86dd), "ipv6"),
-		asm.JEq.Imm(asm.R1, be16(0x0806), "arp"),
-		asm.Ja.Label("spoof"),
-
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("ipv4"),
-		asm.Add.Imm(asm.R2, 20),
-		asm.JGT.Reg(asm.R2, end, "spoof"),
-		asm.LoadMem(asm.R3, l3, 12, asm.Word),
-		asm.StoreMem(asm.RFP, txStKey+8, asm.R3, asm.Word),
-		asm.StoreImm(asm.RFP, txStKey+4, 4, asm.Word),
-		asm.Ja.Label("check"),
-
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("ipv6"),
-		asm.Add.Imm(asm.R2, 40),
-		asm.JGT.Reg(asm.R2, end, "spoof"),
-		asm.LoadMem(asm.R3, l3, 8, asm.DWord),
-		asm.StoreMem(asm.RFP, txStKey+8, asm.R3, asm.DWord),
-		asm.LoadMem(asm.R3, l3, 16, asm.DWord),
-		asm.StoreMem(asm.RFP, txStKey+16, asm.R3, asm.DWord),
-		asm.StoreImm(asm.RFP, txStKey+4, 6, asm.Word),
-		asm.Ja.Label("check"),
-
-		// ARP for IPv4 over Ethernet: sender hardware address = SrcMAC,
-		// sender protocol address in the allowed set.
-		asm.Mov.Reg(asm.R2, l3).WithSymbol("arp"),
-		asm.Add.Imm(asm.R2, 28),
-		asm.JGT.Reg(asm.R2, end, "spoof"),
-		asm.LoadMem(asm.R1, l3, 8, asm.Word),
-		asm.LoadMem(asm.R2, cfg, 0, asm.Word),
-		asm.JNE.Reg(asm.R1, asm.R2, "spoof"),
-		asm.LoadMem(asm.R1, l3, 12, asm.Half),
-		asm.LoadMem(asm.R2, cfg, 4, asm.Half),
-		asm.JNE.Reg(asm.R1, asm.R2, "spoof"),
-		asm.LoadMem(asm.R3, l3, 14, asm.Word),
-		asm.StoreMem(asm.RFP, txStKey+8, asm.R3, asm.Word),
-		asm.StoreImm(asm.RFP, txStKey+4, 4, asm.Word),
-
-		mapPtr(asm.R1, m.allowed).WithSymbol("check"),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, txStKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "spoof"),
-		asm.LoadMem(data, asm.RFP, txStLen, asm.DWord), // data and cfg are free from here
 	)
-	g.captureHook(m, captureHookRegs{ctx: ctx, vi: vi, length: data, save: cfg}, txStVI, txStCapMeta, CaptureTX)
+	g.mark(untagged)
+}
+
+// frameLen is dst = data_end - data: the frame length (programs are loaded
+// without multi-buffer support, so frames are linear).
+func (g *gen) frameLen(dst, data, end asm.Register) {
 	g.emit(
-		mapPtr(asm.R1, m.stats),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, txStVI),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Reg(dst, end),
+		asm.Sub.Reg(dst, data),
 	)
-	g.incU64(asm.R0, cntTxPackets, asm.R1)
-	g.emit(asm.LoadMem(asm.R2, asm.RFP, txStLen, asm.DWord))
-	g.addU64(asm.R0, cntTxBytes, asm.R2, asm.R1)
-	g.mark("out")
-	g.emit(
-		mapPtr(asm.R1, m.portDev),
-		asm.Mov.Imm(asm.R2, 0),
-		asm.Mov.Imm(asm.R3, xdpDrop),
-		asm.FnRedirectMap.Call(),
-		asm.Return(),
+}
 
-		mapPtr(asm.R1, m.stats).WithSymbol("spoof"),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, txStVI),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "drop"),
-	)
-	g.incU64(asm.R0, cntTxSpoofDrops, asm.R1)
-	g.mark("drop")
-	g.emit(
-		asm.Mov.Imm(asm.R0, xdpDrop),
-		asm.Return(),
-	)
-	return g.insns
+// count adds one packet of length bytes to the stats value of the VI whose
+// id is the u32 at fp+keyOff (PERCPU_ARRAY: no atomics).
+func (g *gen) count(m *maps, keyOff, packets, bytes int16, length asm.Register) {
+	skip := g.label("nostats")
+	g.lookup(m.stats, keyOff, skip)
+	g.incU64(asm.R0, packets, asm.R1)
+	g.addU64(asm.R0, bytes, length, asm.R1)
+	g.mark(skip)
 }
 
 // buildSniffTC generates the TCX ingress program on the port: when a sniff
@@ -646,23 +243,15 @@ func loadProg(name string, typ ebpf.ProgramType, insns asm.Instructions) (*ebpf.
 	return p, nil
 }
 
-// progs are the four programs a port uses.
+// progs are the port's shared programs; each VI has its own (viProgs).
 type progs struct {
-	port, viRx, viTx, sniff *ebpf.Program
+	port, sniff *ebpf.Program
 }
 
 func loadProgs(m *maps) (*progs, error) {
 	var p progs
 	var err error
 	if p.port, err = loadProg("efvi_port", ebpf.XDP, buildPortXDP(m)); err != nil {
-		return nil, err
-	}
-	if p.viRx, err = loadProg("efvi_vi_rx", ebpf.XDP, buildVIRxXDP(m)); err != nil {
-		p.close()
-		return nil, err
-	}
-	if p.viTx, err = loadProg("efvi_vi_tx", ebpf.XDP, buildVITxXDP(m)); err != nil {
-		p.close()
 		return nil, err
 	}
 	if p.sniff, err = loadProg("efvi_sniff", ebpf.SchedCLS, buildSniffTC(m)); err != nil {
@@ -673,9 +262,44 @@ func loadProgs(m *maps) (*progs, error) {
 }
 
 func (p *progs) close() {
-	for _, q := range []*ebpf.Program{p.port, p.viRx, p.viTx, p.sniff} {
+	for _, q := range []*ebpf.Program{p.port, p.sniff} {
 		if q != nil {
 			q.Close()
 		}
 	}
+}
+
+// viProgs are one VI's RX and TX programs.
+type viProgs struct {
+	rx, tx *ebpf.Program
+}
+
+func loadVIRx(m *maps, c viConsts) (*ebpf.Program, error) {
+	return loadProg("efvi_vi_rx", ebpf.XDP, buildVIRxXDP(m, c))
+}
+
+func loadVITx(m *maps, c viConsts) (*ebpf.Program, error) {
+	return loadProg("efvi_vi_tx", ebpf.XDP, buildVITxXDP(m, c))
+}
+
+func loadVIProgs(m *maps, c viConsts) (viProgs, error) {
+	rx, err := loadVIRx(m, c)
+	if err != nil {
+		return viProgs{}, err
+	}
+	tx, err := loadVITx(m, c)
+	if err != nil {
+		rx.Close()
+		return viProgs{}, err
+	}
+	return viProgs{rx: rx, tx: tx}, nil
+}
+
+func (p *viProgs) close() {
+	for _, q := range []*ebpf.Program{p.rx, p.tx} {
+		if q != nil {
+			q.Close()
+		}
+	}
+	*p = viProgs{}
 }

@@ -188,7 +188,7 @@ type table struct {
 	viIfindex func(vi uint32) (int, error) // ifindex of the VI's v<N>
 
 	entries   map[filterKey]filterVal
-	kindCount [numKinds]int
+	kindCount [numBits]int // live keys per presence bit
 	slotRefs  map[uint32]int
 	members   map[uint32]map[uint32]struct{} // group → VIs
 	inner     map[uint32]*ebpf.Map           // group → DEVMAP_HASH
@@ -205,49 +205,89 @@ func newTable(m *maps, l Limits, viIfindex func(uint32) (int, error)) *table {
 	}
 }
 
-// rebuild reads the state back from the maps (an adopted port).
+// rebuild reads the state back from the maps (an adopted port). Keys an
+// earlier agent kept in the generic map but this one keeps in a compact map
+// are moved there, compact entry first, so the frame path never misses them.
 func (t *table) rebuild() error {
-	var k filterKey
-	var v filterVal
-	it := t.m.filters.Iterate()
-	for it.Next(&k, &v) {
-		t.entries[k] = v
-		if int(k[keyOffKind]) < numKinds {
-			t.kindCount[k[keyOffKind]]++
-		}
-		t.slotRefs[v.Slot]++
-		if v.Mode == modeReplicate {
-			if _, ok := t.inner[v.Group]; ok {
-				continue
-			}
-			var id uint32
-			if err := t.m.groups.Lookup(v.Group, &id); err != nil {
-				return fmt.Errorf("adopt replicate group %d: %w", v.Group, err)
-			}
-			im, err := ebpf.NewMapFromID(ebpf.MapID(id))
-			if err != nil {
-				return fmt.Errorf("adopt replicate group %d (map id %d): %w", v.Group, id, err)
-			}
-			t.inner[v.Group] = im
-			mem := map[uint32]struct{}{}
-			var vi, ifx uint32
-			iit := im.Iterate()
-			for iit.Next(&vi, &ifx) {
-				mem[vi] = struct{}{}
-			}
-			if err := iit.Err(); err != nil {
-				return fmt.Errorf("read replicate group %d: %w", v.Group, err)
-			}
-			t.members[v.Group] = mem
-		}
+	type found struct {
+		k       filterKey
+		v       filterVal
+		generic bool
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read filter map: %w", err)
+	var all []found
+	read := func(m *ebpf.Map, conv func([]byte) filterKey, keySize int, generic bool) error {
+		ck := make([]byte, keySize)
+		var v filterVal
+		it := m.Iterate()
+		for it.Next(ck, &v) {
+			all = append(all, found{conv(ck), v, generic})
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("read filter map: %w", err)
+		}
+		return nil
+	}
+	if err := read(t.m.filters, func(b []byte) filterKey { return filterKey(b) }, filterKeySize, true); err != nil {
+		return err
+	}
+	if err := read(t.m.local4, func(b []byte) filterKey { return fromCompact(kindLocal, b) }, local4KeySize, false); err != nil {
+		return err
+	}
+	if err := read(t.m.full4, func(b []byte) filterKey { return fromCompact(kindFull, b) }, full4KeySize, false); err != nil {
+		return err
+	}
+	for _, f := range all {
+		if _, cm, ck, ok := t.m.compactKey(f.k); ok && f.generic {
+			if err := cm.Update(ck, f.v, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("move filter entry to its compact map: %w", err)
+			}
+			if err := t.m.filters.Delete(f.k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("move filter entry to its compact map: %w", err)
+			}
+		}
+		if err := t.adoptEntry(f.k, f.v); err != nil {
+			return err
+		}
 	}
 	if err := t.m.sniff.Lookup(uint32(0), &t.sniff); err != nil {
 		return fmt.Errorf("read sniff config: %w", err)
 	}
 	return t.writeConfig()
+}
+
+// adoptEntry records an entry found in the maps, with its replicate group.
+func (t *table) adoptEntry(k filterKey, v filterVal) error {
+	t.entries[k] = v
+	if int(k[keyOffKind]) < numKinds {
+		t.kindCount[t.m.presenceBit(k)]++
+	}
+	t.slotRefs[v.Slot]++
+	if v.Mode != modeReplicate {
+		return nil
+	}
+	if _, ok := t.inner[v.Group]; ok {
+		return nil
+	}
+	var id uint32
+	if err := t.m.groups.Lookup(v.Group, &id); err != nil {
+		return fmt.Errorf("adopt replicate group %d: %w", v.Group, err)
+	}
+	im, err := ebpf.NewMapFromID(ebpf.MapID(id))
+	if err != nil {
+		return fmt.Errorf("adopt replicate group %d (map id %d): %w", v.Group, id, err)
+	}
+	t.inner[v.Group] = im
+	mem := map[uint32]struct{}{}
+	var vi, ifx uint32
+	iit := im.Iterate()
+	for iit.Next(&vi, &ifx) {
+		mem[vi] = struct{}{}
+	}
+	if err := iit.Err(); err != nil {
+		return fmt.Errorf("read replicate group %d: %w", v.Group, err)
+	}
+	t.members[v.Group] = mem
+	return nil
 }
 
 func (t *table) close() {
@@ -259,9 +299,9 @@ func (t *table) close() {
 
 func (t *table) writeConfig() error {
 	var c configVal
-	for k, n := range t.kindCount {
+	for bit, n := range t.kindCount {
 		if n > 0 {
-			c.Present |= 1 << k
+			c.Present |= 1 << bit
 		}
 	}
 	if t.kindCount[kindBlockUnicast] > 0 {
@@ -351,12 +391,12 @@ func (t *table) addKey(vi uint32, k filterKey, c class) error {
 			return err
 		}
 		v := filterVal{VI: vi, Mode: c.mode, Slot: slot}
-		if err := t.m.filters.Update(k, v, ebpf.UpdateNoExist); err != nil {
+		if err := t.m.putFilter(k, v); err != nil {
 			return fmt.Errorf("add filter entry: %w", err)
 		}
 		t.entries[k] = v
 		t.slotRefs[slot]++
-		t.kindCount[k[keyOffKind]]++
+		t.kindCount[t.m.presenceBit(k)]++
 		return nil
 	}
 	ifx, err := t.viIfindex(vi)
@@ -392,7 +432,7 @@ func (t *table) addKey(vi uint32, k filterKey, c class) error {
 		return fmt.Errorf("add replicate group %d: %w", g, err)
 	}
 	v = filterVal{VI: noVI, Mode: modeReplicate, Group: g, Slot: slot}
-	if err := t.m.filters.Update(k, v, ebpf.UpdateNoExist); err != nil {
+	if err := t.m.putFilter(k, v); err != nil {
 		_ = t.m.groups.Delete(g)
 		im.Close()
 		return fmt.Errorf("add filter entry: %w", err)
@@ -401,7 +441,7 @@ func (t *table) addKey(vi uint32, k filterKey, c class) error {
 	t.members[g] = map[uint32]struct{}{vi: {}}
 	t.entries[k] = v
 	t.slotRefs[slot]++
-	t.kindCount[k[keyOffKind]]++
+	t.kindCount[t.m.presenceBit(k)]++
 	return nil
 }
 
@@ -426,11 +466,11 @@ func (t *table) removeKey(vi uint32, k filterKey) error {
 	} else if v.VI != vi {
 		return unix.ENOENT
 	}
-	if err := t.m.filters.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := t.m.deleteFilter(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete filter entry: %w", err)
 	}
 	delete(t.entries, k)
-	t.kindCount[k[keyOffKind]]--
+	t.kindCount[t.m.presenceBit(k)]--
 	t.slotRefs[v.Slot]--
 	if t.slotRefs[v.Slot] <= 0 {
 		delete(t.slotRefs, v.Slot)

@@ -30,6 +30,8 @@ type VI struct {
 	ifindex     int
 	peerIfindex int
 	rx, tx      link.Link
+	progs       viProgs  // the programs rx and tx run, built with consts
+	consts      viConsts // what the programs were built with
 	mac         [6]byte
 	srcs        []netip.Addr
 }
@@ -62,6 +64,41 @@ func (v *VI) closeLinks() {
 			l.Close()
 		}
 	}
+	v.progs.close()
+}
+
+// attachPrograms builds the VI's programs for c and attaches (or, for an
+// adopted VI, re-points) its pinned links to them.
+func (p *Port) attachPrograms(v *VI, c viConsts) (err error) {
+	if v.progs, err = loadVIProgs(p.m, c); err != nil {
+		return err
+	}
+	v.consts = c
+	// Receiving end first: veth's ndo_xdp_xmit drops frames unless the
+	// receiving peer has an XDP program.
+	if v.rx, err = p.pinnedLink(p.linkName(v.id, "rx"), v.progs.rx, v.peerIfindex, attachXDP); err != nil {
+		return err
+	}
+	if v.tx, err = p.pinnedLink(p.linkName(v.id, "tx"), v.progs.tx, v.ifindex, attachXDP); err != nil {
+		return err
+	}
+	return nil
+}
+
+// swapTxProgram rebuilds the VI's TX program for c and updates its link to
+// it: one atomic pointer swap for frames in flight.
+func (p *Port) swapTxProgram(v *VI, c viConsts) error {
+	prog, err := loadVITx(p.m, c)
+	if err != nil {
+		return err
+	}
+	if err := v.tx.Update(prog); err != nil {
+		prog.Close()
+		return fmt.Errorf("update TX program: %w", err)
+	}
+	v.progs.tx.Close()
+	v.progs.tx, v.consts = prog, c
+	return nil
 }
 
 func (p *Port) linkName(id uint32, dir string) string {
@@ -147,12 +184,7 @@ func (p *Port) CreateVI(ctx context.Context, c VIConfig) (_ *VI, err error) {
 			return nil, fmt.Errorf("create VI %d: disable IPv6 on %s: %w", c.ID, n, err)
 		}
 	}
-	// Receiving end first: veth's ndo_xdp_xmit drops frames unless the
-	// receiving peer has an XDP program.
-	if v.rx, err = p.pinnedLink(p.linkName(c.ID, "rx"), p.p.viRx, v.peerIfindex, attachXDP); err != nil {
-		return nil, fmt.Errorf("create VI %d: %w", c.ID, err)
-	}
-	if v.tx, err = p.pinnedLink(p.linkName(c.ID, "tx"), p.p.viTx, v.ifindex, attachXDP); err != nil {
+	if err := p.attachPrograms(v, newVIConsts(c.ID, c.SrcMAC, c.SrcIPs)); err != nil {
 		return nil, fmt.Errorf("create VI %d: %w", c.ID, err)
 	}
 	for _, l := range []netlink.Link{la, lb} {
@@ -203,7 +235,9 @@ func toSrcKey(vi uint32, a netip.Addr) srcKey {
 	return k
 }
 
-// writeSources replaces v's allowed sources in the maps (p.mu held).
+// writeSources replaces v's allowed sources in the maps and its TX
+// program (p.mu held): new sources are allowed before the program that
+// accepts them goes live, stale ones forbidden after it does.
 func (p *Port) writeSources(v *VI, mac [6]byte, ips []netip.Addr) error {
 	want := map[srcKey]bool{}
 	for _, a := range ips {
@@ -212,6 +246,11 @@ func (p *Port) writeSources(v *VI, mac [6]byte, ips []netip.Addr) error {
 	for k := range want {
 		if err := p.m.allowed.Put(k, uint32(1)); err != nil {
 			return fmt.Errorf("allow source %v: %w", k, err)
+		}
+	}
+	if c := newVIConsts(v.id, mac, ips); v.tx != nil && !c.equal(v.consts) {
+		if err := p.swapTxProgram(v, c); err != nil {
+			return err
 		}
 	}
 	for _, a := range v.srcs {
@@ -379,12 +418,14 @@ func (p *Port) adoptVIs() error {
 				v.srcs = append(v.srcs, netip.AddrFrom16(k.Addr))
 			}
 		}
-		if v.rx, err = p.pinnedLink(p.linkName(id, "rx"), p.p.viRx, v.peerIfindex, attachXDP); err != nil {
-			return fmt.Errorf("adopt VI %d: %w", id, err)
-		}
-		if v.tx, err = p.pinnedLink(p.linkName(id, "tx"), p.p.viTx, v.ifindex, attachXDP); err != nil {
+		if err := p.attachPrograms(v, newVIConsts(id, v.mac, v.srcs)); err != nil {
 			v.closeLinks()
 			return fmt.Errorf("adopt VI %d: %w", id, err)
+		}
+		// An earlier agent may have kept the devmap in another map.
+		if err := p.m.viDev.Put(id, uint32(v.ifindex)); err != nil {
+			v.closeLinks()
+			return fmt.Errorf("adopt VI %d: add to devmap: %w", id, err)
 		}
 		p.vis[id] = v
 	}

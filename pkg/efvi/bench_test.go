@@ -118,7 +118,7 @@ func BenchmarkRxFlood64(b *testing.B) {
 		policy bool
 	}{
 		// ef_vi defaults: 512-entry rings, refill in big batches when half empty.
-		{"naive-512-batched", agentCfg{frames: 1024, rx: 512, fill: 512}, efvi.Options{IdleKickEvery: -1}, false},
+		{"naive-512-batched", agentCfg{frames: 1024, rx: 512, fill: 512}, efvi.Options{IdleKickAfter: -1}, false},
 		// The policy: big rings, refill after every poll, idle kicks.
 		{"policy-2048-refill", agentCfg{frames: 4096, rx: 2048, fill: 2048}, efvi.Options{}, true},
 	} {

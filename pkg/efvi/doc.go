@@ -123,8 +123,8 @@
 //     not wake poll(2), so with frames in flight Wait re-checks every 1 ms,
 //     and it probes liveness every 100 ms (poll never reports an unbound
 //     socket).
-//   - Polling policy (Options.IdleKickEvery, default 1024): after that many
-//     empty polls EventQPoll pushes unpushed fill entries, does the
+//   - Polling policy (Options.IdleKickAfter, default 100 µs): once polls
+//     have found nothing for that long, EventQPoll pushes unpushed fill entries, does the
 //     recvfrom kick (also the RESET probe), re-kicks a TX batch the kernel
 //     left half done and reads XDP_STATISTICS. Keep the fill ring nearly
 //     full (RefillFrom after every RX batch, and a fill ring as big as the

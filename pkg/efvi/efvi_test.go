@@ -560,7 +560,7 @@ func TestNoDescriptorDrops(t *testing.T) {
 
 func TestOverflow(t *testing.T) {
 	tp := xsktest.New(t)
-	vi := newVI(t, tp, agentCfg{rx: 16, fill: 64}, efvi.Options{IdleKickEvery: 4})
+	vi := newVI(t, tp, agentCfg{rx: 16, fill: 64}, efvi.Options{IdleKickAfter: time.Microsecond})
 	postAll(t, vi, 0, 64, 0)
 	u := tp.ListenUDP(t, 0)
 	for i := 0; i < 40; i++ {
@@ -601,7 +601,7 @@ func waitStat(t *testing.T, vi *efvi.VI, ok func(efvi.Stats) bool) efvi.Stats {
 
 func TestReset(t *testing.T) {
 	tp := xsktest.New(t)
-	vi := newVI(t, tp, agentCfg{}, efvi.Options{IdleKickEvery: 16})
+	vi := newVI(t, tp, agentCfg{}, efvi.Options{IdleKickAfter: 10 * time.Microsecond})
 	postAll(t, vi, 0, 8, 0)
 	if err := testnet.DeleteLink(tp.Port); err != nil {
 		t.Fatal(err)
@@ -626,7 +626,7 @@ func TestReset(t *testing.T) {
 
 func TestWaitSeesReset(t *testing.T) {
 	tp := xsktest.New(t)
-	vi := newVI(t, tp, agentCfg{}, efvi.Options{IdleKickEvery: -1})
+	vi := newVI(t, tp, agentCfg{}, efvi.Options{IdleKickAfter: -1})
 	if got := waitWakes(t, vi, func() error { return testnet.DeleteLink(tp.Port) }); len(got) != 1 || got[0].Type != efvi.EventReset {
 		t.Fatalf("%+v, want RESET", got)
 	}

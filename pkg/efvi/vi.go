@@ -18,13 +18,15 @@ import (
 
 // Options tune a software VI. The zero value gives the defaults.
 type Options struct {
-	// IdleKickEvery is the polling policy: after this many consecutive
-	// empty EventQPoll calls the VI pushes pending fill entries, does the
+	// IdleKickAfter is the polling policy: once EventQPoll has found
+	// nothing for this long, the VI pushes pending fill entries, does the
 	// recvfrom kick (it doubles as the liveness probe that detects RESET),
-	// re-kicks TX if needed and reads XDP_STATISTICS (for OFLOW).
-	// 0 = 1024; negative disables idle kicks (then RESET and OFLOW are
-	// only seen by Wait and Stats).
-	IdleKickEvery int
+	// re-kicks TX if needed and reads XDP_STATISTICS (for OFLOW), then
+	// again every IdleKickAfter while idle. A busy loop never pays for it.
+	// The clock is read once per idleClockPolls empty polls. 0 = 100 µs;
+	// negative disables idle kicks (then RESET and OFLOW are only seen by
+	// Wait and Stats).
+	IdleKickAfter time.Duration
 	// SWQueueSize bounds pending SW events (power of two; 0 = 256).
 	SWQueueSize uint32
 	// Instance is reported as the event queue id (Event.Q) and by
@@ -115,7 +117,9 @@ type VI struct {
 	sw           *swQueue
 	evfd         int
 	waiting      atomic.Uint32
-	idle         int
+	idle         uint32        // empty polls since the last event
+	idleSince    time.Duration // since epoch, when idleness was first seen (0 = not yet)
+	epoch        time.Time
 	lastRingFull uint64
 	oflow        bool
 	kst          xsk.Stats
@@ -163,8 +167,8 @@ func NewSoftwareVI(xskFD int, mem *Memory, g xsk.Geometry, opts Options) (*VI, e
 	if mem == nil || mem.BufSize() != int(g.FrameSize) || mem.NumBufs() != int(g.NumFrames) {
 		return fail(fmt.Errorf("memory region does not match the socket geometry (%d x %d bytes)", g.NumFrames, g.FrameSize))
 	}
-	if opts.IdleKickEvery == 0 {
-		opts.IdleKickEvery = 1024
+	if opts.IdleKickAfter == 0 {
+		opts.IdleKickAfter = DefaultIdleKickAfter
 	}
 	if opts.SWQueueSize == 0 {
 		opts.SWQueueSize = 256
@@ -199,6 +203,7 @@ func NewSoftwareVI(xskFD int, mem *Memory, g xsk.Geometry, opts Options) (*VI, e
 		hasTx:    g.TxSize > 0,
 		txDone:   make([]uint16, g.NumFrames),
 		sw:       newSWQueue(opts.SWQueueSize),
+		epoch:    time.Now(),
 		evfd:     evfd,
 	}
 	if v.hasTx {
@@ -427,9 +432,16 @@ func (v *VI) TransmitCapacity() int {
 // completion ring).
 func (v *VI) EventQCapacity() int { return int(v.r.Rx.Size() + v.r.Comp.Size()) }
 
+// DefaultIdleKickAfter is Options.IdleKickAfter's default.
+const DefaultIdleKickAfter = 100 * time.Microsecond
+
+// idleClockPolls is how many empty polls pass between two clock reads of
+// the idle-kick policy (a power of two).
+const idleClockPolls = 64
+
 // EventQPoll fills evs with up to len(evs) events and returns how many
 // (ef_eventq_poll). It makes no allocation and no system call other than
-// kicks the polling policy (Options.IdleKickEvery) calls for.
+// kicks the polling policy (Options.IdleKickAfter) calls for.
 func (v *VI) EventQPoll(evs []Event) int {
 	if v.state != stateOK {
 		if v.state == stateResetPending && len(evs) > 0 {
@@ -462,20 +474,36 @@ func (v *VI) EventQPoll(evs []Event) int {
 		n = v.pollRX(evs, n)
 	}
 	if n != 0 {
-		v.idle = 0
+		v.idle, v.idleSince = 0, 0
 		return n
 	}
-	if v.opts.IdleKickEvery > 0 {
-		v.idle++
-		if v.idle >= v.opts.IdleKickEvery {
-			v.idle = 0
-			v.idleKick()
-			if v.state == stateResetPending && len(evs) > 0 {
-				return v.EventQPoll(evs)
-			}
+	if v.opts.IdleKickAfter > 0 && v.idleDue() {
+		v.idleKick()
+		if v.state == stateResetPending && len(evs) > 0 {
+			return v.EventQPoll(evs)
 		}
 	}
 	return 0
+}
+
+// idleDue counts an empty poll and reports whether the VI has been idle
+// for IdleKickAfter (restarting the period when it has). It reads the
+// monotonic clock once per idleClockPolls calls.
+func (v *VI) idleDue() bool {
+	v.idle++
+	if v.idle%idleClockPolls != 0 {
+		return false
+	}
+	now := time.Since(v.epoch) + 1 // never 0
+	if v.idleSince == 0 {
+		v.idleSince = now
+		return false
+	}
+	if now-v.idleSince < v.opts.IdleKickAfter {
+		return false
+	}
+	v.idleSince = now
+	return true
 }
 
 func (v *VI) pollTX(evs []Event, n int) int {
@@ -572,8 +600,17 @@ func (v *VI) pollRX(evs []Event, n int) int {
 	return n
 }
 
-// check applies the discard mask to a complete single-buffer frame.
+// check applies the discard mask to a complete single-buffer frame: the
+// inline IPv4 check for the common case, else the generic parser.
 func (v *VI) check(b []byte) (DiscardType, bool) {
+	if dt, bad, ok := v.checkIPv4Fast(b); ok {
+		return dt, bad
+	}
+	return v.checkGeneric(b)
+}
+
+// checkGeneric applies the discard mask through the generic parser.
+func (v *VI) checkGeneric(b []byte) (DiscardType, bool) {
 	var p frame.Packet
 	err := frame.Parse(b, &p)
 	if err == frame.ErrTruncated && v.discards&DiscardEthLenErr != 0 {

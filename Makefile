@@ -39,6 +39,7 @@ bench: ## benchmarks (root for the data-path ones)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/internal/bench$$')
 	$(GO) test -run '^$$' -bench VIPollLoop -benchmem -count=1 ./internal/bench
 	@mkdir -p out/bench
+	set -o pipefail; $(GO) test -run '^$$' -bench ProgramCost -benchtime 1x -count=1 -v ./pkg/dataplane | tee out/bench/programs.txt
 	set -o pipefail; { $(GO) test -run '^$$' -bench Allocate -benchtime 2000x -count=1 ./pkg/deviceplugin && \
 		$(GO) test -run '^$$' -bench KubeletReregister -benchtime 50x -count=1 ./internal/bench && \
 		{ $(GO) test -run '^$$' -bench 'AddFiltersLive|AgentAdd' -benchtime 100x -count=1 ./cmd/cni || echo "# CNI ADD benchmark failed: reported as not measured"; }; } \

@@ -174,9 +174,42 @@ func BenchmarkCompare(b *testing.B) {
 		name := strings.NewReplacer("VI RTT p50 ÷ ", "vi_p50_vs_", "VI RX Mpps (64 B) ÷ ", "vi_pps_vs_", " ", "_").Replace(t.What)
 		b.ReportMetric(t.Ratio, name+"_ratio")
 	}
+	paired, err := RunPaired(context.Background(), topo, DefaultPairedOptions(o))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Log("\n" + PairedMarkdown(paired))
+	b.ReportMetric(paired.Ratio, "vi_p50_vs_raw_paired_ratio")
 	if dir := os.Getenv("BENCH_OUT"); dir != "" {
-		if err := WriteReport(dir, results, m, o); err != nil {
+		if err := WriteReportPaired(dir, results, paired, m, o); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPairedRuns checks the paired benchmark's plumbing on a short run: both
+// paths echo through the switched XDP program, every figure is measured
+// and the one-way times add up to the RTT. No timing is asserted.
+func TestPairedRuns(t *testing.T) {
+	topo := NewTopology(t)
+	o := DefaultPairedOptions(DefaultOptions())
+	o.Blocks, o.PerBlock, o.Warm = 4, 20, 2
+	p, err := RunPaired(context.Background(), topo, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pp := range []PairedPath{p.VI, p.Raw} {
+		if pp.RTT <= 0 || pp.RX <= 0 || pp.TX <= 0 {
+			t.Fatalf("unmeasured figures: %+v", p)
+		}
+	}
+	if p.Ratio <= 0 || p.RatioP10 > p.Ratio || p.RatioP90 < p.Ratio {
+		t.Fatalf("ratio %v (p10 %v, p90 %v)", p.Ratio, p.RatioP10, p.RatioP90)
+	}
+	if md := PairedMarkdown(p); !strings.Contains(md, "paired") && !strings.Contains(md, "Paired") {
+		t.Fatalf("markdown: %s", md)
+	}
+	if tg := PairedTarget(p); !strings.Contains(tg.What, "paired") || tg.Ratio != p.Ratio {
+		t.Fatalf("target %+v", tg)
 	}
 }

@@ -144,43 +144,60 @@ func (r *rawXSK) Name() string { return NameRawXDP }
 // Echo: RX descriptors are swapped in place and put on the TX ring as they
 // are (zero copy), one kick per batch; completions go back to the fill ring.
 func (r *rawXSK) Echo(ctx context.Context) error {
-	rg := r.rings
 	defer r.drain()
 	for polls := 0; ; polls++ {
-		busy := false
-		if idx, n := rg.Rx.Peek(64); n > 0 {
-			busy = true
-			tidx, ok := rg.Tx.Reserve(n)
-			var sent uint32
-			for i := uint32(0); i < n; i++ {
-				d := rg.Rx.Get(idx + i)
-				if ok && swapUDP(rg.UMEM[d.Addr:d.Addr+uint64(d.Len)]) {
-					rg.Tx.Set(tidx+sent, d.Addr, d.Len, 0)
-					sent++
-					continue
-				}
-				if fi, fok := rg.Fill.Reserve(1); fok {
-					rg.Fill.Set(fi, d.Addr&^(chunk-1))
-				}
-			}
-			rg.Rx.Release(n)
-			rg.Fill.Submit()
-			if ok {
-				rg.Tx.Cancel(n - sent)
-				rg.Tx.Submit()
-				if err := kickTx(rg.FD); err != nil {
-					return fmt.Errorf("raw XSK echo: %w", err)
-				}
-			}
-		}
-		if idx, n := rg.Comp.Peek(rawTx); n > 0 {
-			busy = true
-			r.recycleComp(idx, n)
+		busy, err := r.echoStep(nil)
+		if err != nil {
+			return err
 		}
 		if !busy && polls&emptyPollsPerCtx == 0 && ctx.Err() != nil {
 			return nil
 		}
 	}
+}
+
+// stampedEchoStep is echoStep that records in s when a frame arrived.
+func (r *rawXSK) stampedEchoStep(s *stamp) error {
+	_, err := r.echoStep(s)
+	return err
+}
+
+// echoStep polls the rings once; it reports whether there was work.
+func (r *rawXSK) echoStep(s *stamp) (busy bool, err error) {
+	rg := r.rings
+	if idx, n := rg.Rx.Peek(64); n > 0 {
+		busy = true
+		if s != nil {
+			s.at.Store(s.now())
+		}
+		tidx, ok := rg.Tx.Reserve(n)
+		var sent uint32
+		for i := uint32(0); i < n; i++ {
+			d := rg.Rx.Get(idx + i)
+			if ok && swapUDP(rg.UMEM[d.Addr:d.Addr+uint64(d.Len)]) {
+				rg.Tx.Set(tidx+sent, d.Addr, d.Len, 0)
+				sent++
+				continue
+			}
+			if fi, fok := rg.Fill.Reserve(1); fok {
+				rg.Fill.Set(fi, d.Addr&^(chunk-1))
+			}
+		}
+		rg.Rx.Release(n)
+		rg.Fill.Submit()
+		if ok {
+			rg.Tx.Cancel(n - sent)
+			rg.Tx.Submit()
+			if err := kickTx(rg.FD); err != nil {
+				return busy, fmt.Errorf("raw XSK echo: %w", err)
+			}
+		}
+	}
+	if idx, n := rg.Comp.Peek(rawTx); n > 0 {
+		busy = true
+		r.recycleComp(idx, n)
+	}
+	return busy, nil
 }
 
 // recycleRx gives n peeked RX descriptors' chunks back to the fill ring.

@@ -34,6 +34,7 @@ type rawSocketConfig struct {
 	frames   uint32 // UMEM chunks; the first rx are posted to the fill ring
 	rx, tx   uint32
 	txBudget uint32
+	detached bool // do not attach the program (the caller switches it in)
 }
 
 // openRawSocket creates the socket, posts chunks 0..rx-1 to its fill ring,
@@ -41,9 +42,10 @@ type rawSocketConfig struct {
 // ring.
 func openRawSocket(c rawSocketConfig) (r *rawSocket, err error) {
 	r = &rawSocket{}
+	opened := r // returns below set r to nil on error
 	defer func() {
 		if err != nil {
-			r.Close()
+			opened.Close()
 			r = nil
 		}
 	}()
@@ -84,6 +86,9 @@ func openRawSocket(c rawSocketConfig) (r *rawSocket, err error) {
 		r.rings.Fill.Set(idx+i, uint64(i)*chunk)
 	}
 	r.rings.Fill.Submit()
+	if c.detached {
+		return r, nil
+	}
 	if err = inNS(func() (err error) {
 		r.link, err = link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: c.ifindex})
 		return err

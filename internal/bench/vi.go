@@ -36,10 +36,12 @@ type viRig struct {
 	cancel context.CancelFunc
 	served chan error
 	dir    string
+	pinDir string
 	drv    *efvi.Driver
 	vi     *efvi.VI
 	mem    *efvi.RegisteredMemory
 	evs    []efvi.Event
+	stamp  *stamp // when set, RX events are timestamped there (paired run)
 	ids    []efvi.RqID
 }
 
@@ -59,8 +61,9 @@ func NewVI(ctx context.Context, topo *Topology, addr netip.AddrPort) (c Contende
 		return nil, err
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.pinDir = filepath.Join(dataplane.DefaultBPFFS, "efvb-"+h)
 	if r.plane, err = dataplane.Open(ctx, dataplane.PortConfig{Ifname: topo.Port.Name,
-		PinDir: filepath.Join(dataplane.DefaultBPFFS, "efvb-"+h), VethPrefix: "eb" + h[:4], Logger: quiet}); err != nil {
+		PinDir: r.pinDir, VethPrefix: "eb" + h[:4], Logger: quiet}); err != nil {
 		return nil, fmt.Errorf("data plane on %s: %w", topo.Port.Name, err)
 	}
 	port, err := viservice.NewPort(topo.Port.Name, topo.Port.MAC, 1500, r.plane)
@@ -151,6 +154,9 @@ func (r *viRig) echoStep() (int, error) {
 		ev := &r.evs[i]
 		switch ev.Type {
 		case efvi.EventRX:
+			if r.stamp != nil {
+				r.stamp.at.Store(r.stamp.now())
+			}
 			if swapUDP(vi.RxFrame(ev)) && vi.TransmitInit(ev.Addr, int(ev.Len), ev.RqID) == nil {
 				echoed++
 				continue
@@ -171,6 +177,13 @@ func (r *viRig) echoStep() (int, error) {
 		vi.ReceivePush()
 	}
 	return echoed, nil
+}
+
+// stampedEchoStep is echoStep that records in s when a frame arrived.
+func (r *viRig) stampedEchoStep(s *stamp) error {
+	r.stamp = s
+	_, err := r.echoStep()
+	return err
 }
 
 func (r *viRig) Echo(ctx context.Context) error {

@@ -7,26 +7,38 @@
 //
 // # Objects
 //
-//   - Port XDP program: parses Ethernet (+ one 802.1Q tag), IPv4 (IHL honoured),
-//     IPv6 (fixed header), UDP and TCP, and looks the filter map up most
-//     specific first, as the NIC does: 5-tuple → local addr+port →
-//     MAC+EtherType → MAC+IP protocol → MAC → EtherType → IP protocol →
-//     unicast/multicast-all → unicast/multicast-mismatch. Steal is
-//     bpf_redirect_map(vi_dev, vi, XDP_DROP) to the VI's veth v<N>; replicate
-//     is a per-group DEVMAP_HASH in a HASH_OF_MAPS with
-//     BPF_F_BROADCAST|BPF_F_EXCLUDE_INGRESS; no match is XDP_PASS, or XDP_DROP
-//     while a block-kernel filter covers that class. A per-kind bit mask in
-//     the config map skips empty lookup levels, so an idle port costs one
-//     array lookup per frame.
+//   - Port XDP program (prog_port.go, read top to bottom as named blocks):
+//     parses Ethernet (+ one 802.1Q tag), IPv4 (IHL honoured), IPv6 (fixed
+//     header), UDP and TCP, and looks the filters up most specific first, as
+//     the NIC does: 5-tuple → local addr+port → MAC+EtherType → MAC+IP
+//     protocol → MAC → EtherType → IP protocol → unicast/multicast-all →
+//     unicast/multicast-mismatch. IPv4 local and full filters without a VLAN
+//     (the common case) live in compact maps (local4: 8-byte key, full4: 16)
+//     rather than the generic 48-byte-key map; when only such filters exist
+//     the program takes a fast path that parses straight into the compact key,
+//     otherwise the generic path walks every level and, at the full and local
+//     levels, looks an IPv4 frame's VLAN-less key up in the compact map.
+//     Steal is bpf_redirect_map(vi_devs, vi, XDP_DROP) to the VI's veth v<N>
+//     (a plain DEVMAP array: VI ids are dense); replicate is a per-group
+//     DEVMAP_HASH in a HASH_OF_MAPS with BPF_F_BROADCAST|BPF_F_EXCLUDE_INGRESS;
+//     no match is XDP_PASS, or XDP_DROP while a block-kernel filter covers that
+//     class. Per-kind bits in the config map skip empty lookup levels, so an
+//     idle port costs one (inlined) array lookup per frame.
 //   - Port TCX ingress program (sniff): bpf_skb_pull_data, then
 //     bpf_clone_redirect to the sniffing VI's v<N>, then TCX_NEXT.
+//   - Each VI has its own RX and TX programs (prog_vi.go) built with its
+//     constants: id, source MAC and up to 4 IPv4 sources, so the hot path looks
+//     up nothing that is fixed per VI. When its sources change the TX program
+//     is rebuilt and swapped in by a link update (atomic); new sources are
+//     allowed in the map before it goes live, stale ones removed after.
 //   - VI RX program on v<N>p: counts, then bpf_redirect_map(xsks, vi, XDP_PASS).
 //     With no XSK in the xskmap the fallback XDP_PASS hands the frame to
 //     v<N>p's kernel stack, which drops it (no address). Harmless in
 //     production; it lets tests observe delivery with AF_PACKET on v<N>p.
 //   - VI TX program on v<N>: frames the pod's XSK sends leave v<N>p and arrive
 //     here. Source MAC must be the VI's; IPv4/IPv6 source must be one of its
-//     IPs; ARP must carry the VI's MAC and IP as sender; one VLAN tag may
+//     IPs (IPv4 compared inline, or in the allowed map beyond 4 sources;
+//     IPv6 always in the map); ARP must carry the VI's MAC and IP as sender; one VLAN tag may
 //     precede these. Anything else (other EtherTypes, truncated headers) is
 //     dropped and counted as tx_spoof_drops. Passing frames go out of the port
 //     (bpf_redirect_map to a one-entry DEVMAP): they are not looped back to
@@ -67,7 +79,8 @@
 // (EnsureBPFFS mounts one at /sys/fs/bpf if needed). Close releases the
 // agent's handles only: traffic keeps flowing. Open on the same PinDir
 // re-adopts: maps are loaded (layout checked), links updated to the freshly
-// loaded programs, filters, groups and VIs rebuilt from the maps; XSK fds
+// loaded programs (each VI's built from its sources in the maps; compact-
+// eligible keys an earlier agent kept in the generic map are moved), filters, groups and VIs rebuilt from the maps; XSK fds
 // live in the pods and their xskmap entries stay. Handles are {VI, Spec}
 // and stay valid across restarts. Destroy removes links, pins and veths.
 //

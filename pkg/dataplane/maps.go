@@ -109,7 +109,6 @@ type txCfg struct {
 	VI  uint32
 }
 
-
 // srcKey is the key of the allowed-sources map.
 type srcKey struct {
 	VI     uint32

@@ -213,3 +213,19 @@ func TestPairedRuns(t *testing.T) {
 		t.Fatalf("target %+v", tg)
 	}
 }
+
+// BenchmarkPaired runs only the paired VI vs raw AF_XDP comparison (a part
+// of BenchmarkCompare) and logs its table; use -benchtime 1x.
+func BenchmarkPaired(b *testing.B) {
+	topo := NewTopology(b)
+	p, err := RunPaired(context.Background(), topo, DefaultPairedOptions(DefaultOptions()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Log("\n" + PairedMarkdown(p))
+	b.ReportMetric(p.Ratio, "vi_p50_vs_raw_paired_ratio")
+	b.ReportMetric(p.RatioP10, "p10_ratio")
+	b.ReportMetric(p.RatioP90, "p90_ratio")
+	b.ReportMetric(float64(p.VI.RX-p.Raw.RX), "extra_rx_ns")
+	b.ReportMetric(float64(p.VI.TX-p.Raw.TX), "extra_tx_ns")
+}

@@ -16,12 +16,12 @@
 // the etcd data. Logs of every component stay in Options.WorkDir/logs so CI
 // can print them on failure.
 //
-// Gotchas of these machines:
-// root lacks CAP_SYS_RESOURCE (containerd needs restrict_oom_score_adj);
-// cgroups are hybrid v1 (mount the missing v1 controllers; Kubernetes 1.35+
-// refuses v1); the module proxy has every staging module only for a few
-// Kubernetes versions (1.31.0 is one); --advertise-address must not be
-// loopback.
+// Gotchas of these machines: root lacks CAP_SYS_RESOURCE (containerd needs
+// restrict_oom_score_adj); cgroups are hybrid v1 (mount the missing v1
+// controllers; Kubernetes 1.35+ refuses v1 by default, so 1.34 is the newest
+// usable here); the module proxy has every staging module only for a few
+// Kubernetes versions (1.31.0, 1.32.2, 1.34.x); --advertise-address must not
+// be loopback.
 package cluster
 
 import (
@@ -40,7 +40,7 @@ import (
 const (
 	DefaultWorkDir     = "/tmp/kube-efvi-e2e"
 	DefaultCacheDir    = "/var/cache/kube-efvi"
-	DefaultK8sVersion  = "1.31.0"
+	DefaultK8sVersion  = "1.34.2"
 	DefaultCNIVersion  = "v1.9.1"
 	DefaultHelmVersion = "v3.16.4"
 	// PauseImage is the sandbox image containerd is configured with.

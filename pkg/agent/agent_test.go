@@ -191,7 +191,7 @@ pools:
 	})
 
 	step("allocate makes a broker dir and a checkpoint", func(t *testing.T) {
-		resp, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
+		resp, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"eth1-vi1"}}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +257,7 @@ pools:
 		if got := recv(t); len(got) != 4 {
 			t.Fatalf("after grow: %v", got)
 		}
-		_, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}})
+		_, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"eth1-vi1"}}}})
 		if err != nil {
 			t.Fatalf("re-allocation after the pod went away: %v", err)
 		}
@@ -269,7 +269,7 @@ pools:
 		pr.mu.Lock()
 		pr.held = []allocator.Held{{Resource: "efvi.io/fast", Device: "eth1-vi1", Owner: allocator.Owner{Namespace: "ns", Pod: "new", Container: "c"}}}
 		pr.mu.Unlock()
-		if _, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"eth1-vi1"}}}}); err == nil {
+		if _, err := c.Allocate(ctxT, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"eth1-vi1"}}}}); err == nil {
 			t.Fatal("slot held by a live pod issued twice")
 		}
 	})

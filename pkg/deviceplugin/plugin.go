@@ -299,12 +299,12 @@ func (p *Plugin) allocate(ctx context.Context, req *pluginapi.AllocateRequest) (
 	resp := &pluginapi.AllocateResponse{}
 	var undos []func()
 	for _, cr := range req.GetContainerRequests() {
-		r, undo, err := p.backend.Allocate(ctx, cr.GetDevicesIDs())
+		r, undo, err := p.backend.Allocate(ctx, cr.GetDevicesIds())
 		if err != nil {
 			for i := len(undos) - 1; i >= 0; i-- {
 				undos[i]()
 			}
-			return nil, fmt.Errorf("pool %s: allocate %v: %w", p.pool, cr.GetDevicesIDs(), err)
+			return nil, fmt.Errorf("pool %s: allocate %v: %w", p.pool, cr.GetDevicesIds(), err)
 		}
 		undos = append(undos, undo)
 		resp.ContainerResponses = append(resp.ContainerResponses, r)

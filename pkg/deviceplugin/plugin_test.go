@@ -15,6 +15,7 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
 	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin/kubelettest"
+	"google.golang.org/protobuf/proto"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 )
@@ -88,7 +89,7 @@ func TestRegistrationAndListAndWatch(t *testing.T) {
 	reg := f.kubelet.WaitRegistration()
 	want := &pluginapi.RegisterRequest{Version: "v1beta1", Endpoint: "efvi-fast.sock", ResourceName: "efvi.io/fast",
 		Options: &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}}
-	if !reflect.DeepEqual(reg.Req, want) {
+	if !proto.Equal(reg.Req, want) { // generated messages: compare with proto.Equal
 		t.Fatalf("Register = %+v, want %+v", reg.Req, want)
 	}
 	c := f.kubelet.Client(reg.Req.Endpoint)
@@ -162,7 +163,7 @@ func allocate(t testing.TB, c pluginapi.DevicePluginClient, devs ...[]string) (*
 	defer cancel()
 	req := &pluginapi.AllocateRequest{}
 	for _, d := range devs {
-		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIDs: d})
+		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: d})
 	}
 	return c.Allocate(ctx, req)
 }
@@ -194,8 +195,8 @@ func TestAllocatePayloadSoftware(t *testing.T) {
 	if st, err := os.Stat(hostDir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("allocation dir: %v %v", st, err)
 	}
-	if len(r.Devices) != 0 || len(r.CDIDevices) != 0 {
-		t.Errorf("software pool got device nodes %v / CDI %v", r.Devices, r.CDIDevices)
+	if len(r.Devices) != 0 || len(r.CdiDevices) != 0 {
+		t.Errorf("software pool got device nodes %v / CDI %v", r.Devices, r.CdiDevices)
 	}
 	// The same slot again is refused (no Reclaim configured), and the
 	// failed request leaves nothing behind.
@@ -256,8 +257,8 @@ func TestAllocateCDI(t *testing.T) {
 	}
 	r := resp.ContainerResponses[0]
 	id := f.alloc.Allocations()[0].ID
-	if len(r.CDIDevices) != 1 || r.CDIDevices[0].Name != "efvi.io/fast="+id {
-		t.Fatalf("CDI devices %+v", r.CDIDevices)
+	if len(r.CdiDevices) != 1 || r.CdiDevices[0].Name != "efvi.io/fast="+id {
+		t.Fatalf("CDI devices %+v", r.CdiDevices)
 	}
 	if len(r.Mounts)+len(r.Devices)+len(r.Envs) != 0 {
 		t.Errorf("CDI response also carries mounts/devices/envs: %+v", r)

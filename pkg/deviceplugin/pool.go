@@ -146,7 +146,7 @@ func (b *PoolBackend) Allocate(ctx context.Context, devices []string) (*pluginap
 			undo()
 			return nil, nil, err
 		}
-		return &pluginapi.ContainerAllocateResponse{CDIDevices: []*pluginapi.CDIDevice{{Name: name}}}, undo, nil
+		return &pluginapi.ContainerAllocateResponse{CdiDevices: []*pluginapi.CDIDevice{{Name: name}}}, undo, nil
 	}
 	return &pluginapi.ContainerAllocateResponse{Envs: envs, Mounts: mounts, Devices: nodes}, undo, nil
 }

@@ -212,7 +212,7 @@ func TestHardwarePoolGetsNoXDP(t *testing.T) {
 	if got := n.devices(t, ctx, "efvi.io/nic"); got[hwPort.Name+"-vi0"] != "Healthy" || len(got) != 2 {
 		t.Fatalf("hardware pool devices %v", got)
 	}
-	resp, err := n.k.Client(n.regs["efvi.io/nic"]).Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{hwPort.Name + "-vi1"}}}})
+	resp, err := n.k.Client(n.regs["efvi.io/nic"]).Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{hwPort.Name + "-vi1"}}}})
 	if err != nil {
 		t.Fatalf("Allocate on the hardware pool: %v", err)
 	}
@@ -281,7 +281,7 @@ func TestHardwarePoolUnavailable(t *testing.T) {
 			if got := n.devices(t, ctx, "efvi.io/nic"); len(got) != 2 || got["sfc0-vi0"] != "Unhealthy" || got["sfc0-vi1"] != "Unhealthy" {
 				t.Fatalf("devices %v: want 2 Unhealthy\n%s", got, n.logs.String())
 			}
-			_, err := n.k.Client(n.regs["efvi.io/nic"]).Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIDs: []string{"sfc0-vi0"}}}})
+			_, err := n.k.Client(n.regs["efvi.io/nic"]).Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"sfc0-vi0"}}}})
 			if err == nil || !strings.Contains(err.Error(), tc.refusal) {
 				t.Fatalf("Allocate: %v, want a refusal saying %q", err, tc.refusal)
 			}

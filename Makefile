@@ -130,3 +130,17 @@ build-onload: ## the agent and the ef tools with the hardware backend in bin/onl
 	@mkdir -p $(BIN)/onload
 	$(ONLOAD_ENV) $(GO) build -tags onload -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/onload/efvi-agent ./cmd/device-plugin
 	for c in efsink efsend eflatency; do $(ONLOAD_ENV) $(GO) build -tags onload -trimpath -o $(BIN)/onload/$$c ./cmd/$$c || exit 1; done
+
+# ---- kind e2e: two nodes, Kubernetes 1.34, offline-capable (issue 15) ----
+.PHONY: kind-deps kind-up kind-e2e kind-down
+kind-deps: ## build once per version into /var/cache/kube-efvi what kind needs offline (Kubernetes, etcd, coredns, kind, helm, CNI)
+	hack/kind-deps.sh all
+
+kind-up: build ## two-node kind cluster (kindest/node, or a node image built here), fabric, images, chart (root)
+	hack/kind.sh up
+
+kind-e2e: ## the e2e suite, TestCrossNode* included, against the kind cluster
+	hack/kind.sh test
+
+kind-down: ## delete the kind cluster, fabric and private Docker; check the host is left clean
+	hack/kind.sh down

@@ -34,6 +34,10 @@ type env struct {
 	agentNS   string
 	image     string
 	localNode bool // the e2e/cluster harness runs this node (kubelet restarts possible)
+	// fabricNS is the host's fabric netns (E2E_FABRIC_NS, default
+	// efvi-fabric) when it exists here: routes reach the pods' IPs through
+	// the nodes' ports. Empty on a cluster without the local fabric.
+	fabricNS string
 }
 
 func getenv(k, def string) string {
@@ -75,8 +79,19 @@ func setup(t *testing.T) *env {
 			t.Fatalf("list nodes: %v (%d)", err, len(nodes.Items))
 		}
 		e.node = nodes.Items[0].Name
+		for _, n := range nodes.Items { // the first node with the pool
+			if q, ok := n.Status.Allocatable[e.resource]; ok && q.Value() > 0 {
+				e.node = n.Name
+				break
+			}
+		}
 	}
 	e.localNode = strings.HasPrefix(kc, getenv("E2E_WORK", cluster.DefaultWorkDir))
+	if ns := getenv("E2E_FABRIC_NS", "efvi-fabric"); ns != "" {
+		if _, err := os.Stat("/run/netns/" + ns); err == nil {
+			e.fabricNS = ns
+		}
+	}
 	e.ns = fmt.Sprintf("efvi-e2e-%s-%d", strings.ToLower(regexp.MustCompile(`[^a-zA-Z0-9]+`).ReplaceAllString(t.Name(), "-")), time.Now().UnixNano()%100000)
 	if len(e.ns) > 63 {
 		e.ns = e.ns[len(e.ns)-63:]
@@ -132,7 +147,9 @@ while true; do if [ -S "$EFVI_SOCKET" ]; then s=SOCKET_OK; else s=SOCKET_MISSING
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.ns},
 		Spec: corev1.PodSpec{
-			NodeName:                      "", // the scheduler places it: capacity is what is tested
+			NodeName: "", // the scheduler places it: capacity is what is tested
+			// ... on the node under test (E2E_NODE), in a cluster of any size.
+			Affinity:                      onNode(e.node),
 			AutomountServiceAccountToken:  &no,
 			TerminationGracePeriodSeconds: ptr(int64(1)),
 			Containers: []corev1.Container{{
@@ -151,6 +168,16 @@ while true; do if [ -S "$EFVI_SOCKET" ]; then s=SOCKET_OK; else s=SOCKET_MISSING
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// onNode is a required node affinity for the node named name (by
+// metadata.name: the hostname label may differ on real clusters).
+func onNode(name string) *corev1.Affinity {
+	return &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+			MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{name}}},
+		}}},
+	}}
+}
 
 // inUse sums the VIs that live pods on the node hold (allocatable does not
 // go down as pods take VIs; the scheduler subtracts requests).
@@ -434,8 +461,8 @@ func TestKubeletRestart(t *testing.T) {
 func TestVIPingPong(t *testing.T) {
 	e := setup(t)
 	efl := os.Getenv("E2E_EFLATENCY")
-	if !e.localNode || os.Geteuid() != 0 || efl == "" {
-		t.Skip("SKIP: needs the local e2e cluster with its fabric netns, root and E2E_EFLATENCY (make e2e sets them)")
+	if e.fabricNS == "" || os.Geteuid() != 0 || efl == "" {
+		t.Skip("SKIP: needs the local fabric netns on this host (make e2e-up or make kind-up), root and E2E_EFLATENCY (make e2e / make kind-e2e set them)")
 	}
 	p := e.viPod("pong", 1)
 	p.Spec.Containers[0].Command = []string{"/usr/bin/eflatency", "pong", "-port", "8080"}
@@ -445,7 +472,7 @@ func TestVIPingPong(t *testing.T) {
 	// A broken path leaves the pinger waiting for replies: bound it.
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", getenv("E2E_FABRIC_NS", "efvi-fabric"), efl, "ping",
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", e.fabricNS, efl, "ping",
 		"-dst", p.Status.PodIP+":8080", "-kernel", "-n", "2000", "-w", "200").CombinedOutput()
 	if err != nil {
 		t.Fatalf("ping from the fabric to %s:8080: %v\n%s\npong log:\n%s", p.Status.PodIP, err, out, e.logs(t, "pong"))
@@ -538,12 +565,13 @@ func execOut(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).CombinedOutput()
 }
 
-// restartAgent deletes the agent pod, runs during (if set) right after the
-// delete, and waits for a new agent pod to be Running.
+// restartAgent deletes the agent pod of the node under test, runs during
+// (if set) right after the delete, and waits for a new agent pod there to
+// be Running.
 func (e *env) restartAgent(t *testing.T, during func()) {
 	t.Helper()
 	ctx := context.Background()
-	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent", FieldSelector: "spec.nodeName=" + e.node}
 	agents, err := e.cs.CoreV1().Pods(e.agentNS).List(ctx, sel)
 	if err != nil || len(agents.Items) == 0 {
 		t.Fatalf("no agent pod in %s: %v", e.agentNS, err)

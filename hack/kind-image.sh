@@ -96,7 +96,8 @@ if ! have "$BASE_IMAGE"; then
     rm -rf "$root"
   fi
   say "docker import $BASE_IMAGE"
-  docker import -c 'ENV container=docker' -c 'STOPSIGNAL SIGRTMIN+3' \
+  # (docker import takes no STOPSIGNAL; kind removes nodes with rm -f)
+  docker import -c 'ENV container=docker' \
     -c 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$base_tar" "$BASE_IMAGE" >/dev/null
 fi
 

@@ -191,8 +191,10 @@ func run() int {
 	} else {
 		log.Info("hardware backend unavailable: hardware pools advertise Unhealthy", "reason", notBuilt)
 	}
+	// Uninstall or restart? The watch of the agent's DaemonSet decides at exit.
+	rel := watchRelease(ctx, log, cniOptions{kubeconfig: *kubeconfig}, *cleanupRef, settings.StateDir)
 	defer func() {
-		detachOrDestroy(log, cniOptions{kubeconfig: *kubeconfig}, *cleanupRef, &settings, sw)
+		detachOrDestroy(log, rel, &settings, sw)
 	}()
 	// Diagnostics for efvictl (ports, VIs, filters, per-VI counters and
 	// metrics, capture) on a root-only unix socket.

@@ -7,53 +7,48 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-efvi/kube-efvi/pkg/config"
+	"github.com/kube-efvi/kube-efvi/pkg/release"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
 )
 
-// releaseGone reports whether the DaemonSet ref ("NAMESPACE/NAME") that runs
-// the agent is gone or being deleted (helm uninstall), and why. When the
-// API server cannot say, the release is kept (a restart must never lose
-// the pods' VIs).
-func releaseGone(ctx context.Context, o cniOptions, ref string) (bool, string) {
-	ns, name, ok := strings.Cut(ref, "/")
-	if !ok || ns == "" || name == "" {
-		return false, fmt.Sprintf("--cleanup-unless-daemonset %q: want NAMESPACE/NAME", ref)
+// watchRelease starts the watch of the agent's DaemonSet ref
+// ("NAMESPACE/NAME") that tells an uninstall from a restart at exit; nil
+// (always detach) when ref is empty or no API client can be made.
+func watchRelease(ctx context.Context, log *slog.Logger, o cniOptions, ref, stateDir string) *release.Watcher {
+	if ref == "" {
+		return nil
 	}
 	rc, err := o.restConfig()
 	if err != nil {
-		return false, fmt.Sprintf("no API server (%v)", err)
+		log.Error("--cleanup-unless-daemonset: no API server; the node will not be cleaned at uninstall", "err", err)
+		return nil
 	}
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return false, fmt.Sprintf("API client: %v", err)
+		log.Error("--cleanup-unless-daemonset: API client; the node will not be cleaned at uninstall", "err", err)
+		return nil
 	}
-	ds, err := client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return true, fmt.Sprintf("DaemonSet %s is gone", ref)
-	case err != nil:
-		return false, fmt.Sprintf("cannot ask whether DaemonSet %s exists (%v)", ref, err)
-	case ds.DeletionTimestamp != nil:
-		return true, fmt.Sprintf("DaemonSet %s is being deleted", ref)
+	w, err := release.New(release.Config{Client: client, DaemonSet: ref, Marker: filepath.Join(stateDir, release.MarkerName), Logger: log})
+	if err != nil {
+		log.Error("--cleanup-unless-daemonset: the node will not be cleaned at uninstall", "err", err)
+		return nil
 	}
-	return false, fmt.Sprintf("DaemonSet %s exists (a restart or an upgrade)", ref)
+	go w.Run(ctx)
+	return w
 }
 
 // detachOrDestroy runs at the agent's exit: by default it detaches, leaving
 // the data plane and the state for the next agent (VIs keep flowing); when
 // the release is gone it removes everything it made on the node.
-func detachOrDestroy(log *slog.Logger, o cniOptions, ref string, settings *config.Agent, sw *softvi.Backend) {
-	if ref != "" {
+func detachOrDestroy(log *slog.Logger, rel *release.Watcher, settings *config.Agent, sw *softvi.Backend) {
+	if rel != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		gone, why := releaseGone(ctx, o, ref)
+		gone, why := rel.Gone(ctx)
 		cancel()
 		if gone {
 			log.Info("the release is gone: removing the VI veths, XDP/TC programs, pins and state from the node", "reason", why)

@@ -68,6 +68,11 @@ type Options struct {
 	Config    string // extra JSON fields of the entry
 	Wait      time.Duration
 	Unless    string // NAMESPACE/NAME of a DaemonSet
+	// ReleaseMarker is the file the agent writes when its watch sees the
+	// DaemonSet deleted (pkg/release): present, the release is gone without
+	// asking the API server, whose answer helm's deletion of the RBAC and
+	// the ServiceAccount may already have taken away.
+	ReleaseMarker string
 	APIServer string // override https://host:port
 	TokenDir  string
 	// NoChain (install --chain=false) copies the binary only (for Multus
@@ -127,6 +132,7 @@ func newFlags(o *Options, out io.Writer) *flag.FlagSet {
 	})
 	fs.DurationVar(&o.Wait, "wait", 0, "install: wait this long for the primary network's config to appear (0: fail at once)")
 	fs.StringVar(&o.Unless, "unless-daemonset", "", "uninstall: NAMESPACE/NAME; keep everything while that DaemonSet exists")
+	fs.StringVar(&o.ReleaseMarker, "release-marker", "", "uninstall: file the agent writes when it saw its DaemonSet deleted; present: uninstall without asking the API server")
 	fs.StringVar(&o.APIServer, "api-server", "", "uninstall: API server URL (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
 	fs.StringVar(&o.TokenDir, "token-dir", "/var/run/secrets/kubernetes.io/serviceaccount", "uninstall: service account token and ca.crt")
 	return fs
@@ -233,7 +239,12 @@ func Uninstall(ctx context.Context, o Options, log *slog.Logger, apiGet func(ctx
 		if apiGet == nil {
 			apiGet = o.inClusterGet
 		}
-		keep, why := daemonSetAlive(ctx, apiGet, ns, name)
+		keep, why := true, ""
+		if b, err := os.ReadFile(o.ReleaseMarker); o.ReleaseMarker != "" && err == nil {
+			keep, why = false, "the agent saw the release deleted: "+strings.TrimSpace(string(b))
+		} else {
+			keep, why = daemonSetAlive(ctx, apiGet, ns, name)
+		}
 		if keep {
 			log.Info("keeping the CNI plugin installed", "reason", why)
 			return nil

@@ -291,6 +291,35 @@ func TestUninstallUnlessDaemonSet(t *testing.T) {
 			}
 		})
 	}
+	t.Run("agent saw the deletion", func(t *testing.T) {
+		e := newEnv(t, map[string]string{"10-x.conflist": bridgeConflist})
+		if err := Install(context.Background(), e.o, quiet); err != nil {
+			t.Fatal(err)
+		}
+		e.o.Unless = "kube-efvi/kube-efvi-agent"
+		e.o.ReleaseMarker = filepath.Join(t.TempDir(), "release-deleted")
+		asked := 0
+		exists := func(context.Context, string) (int, []byte, error) {
+			asked++
+			return 200, []byte(`{"metadata":{"name":"a"}}`), nil
+		}
+		// No marker: the API server decides (the DaemonSet exists: keep).
+		if err := Uninstall(context.Background(), e.o, quiet, exists); err != nil {
+			t.Fatal(err)
+		}
+		if asked != 1 || !strings.Contains(e.read(t, "10-x.conflist"), "efvi-cni") {
+			t.Fatalf("asked %d times; entry kept: %v", asked, strings.Contains(e.read(t, "10-x.conflist"), "efvi-cni"))
+		}
+		if err := os.WriteFile(e.o.ReleaseMarker, []byte("DaemonSet kube-efvi/kube-efvi-agent was deleted\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := Uninstall(context.Background(), e.o, quiet, exists); err != nil {
+			t.Fatal(err)
+		}
+		if asked != 1 || strings.Contains(e.read(t, "10-x.conflist"), "efvi-cni") {
+			t.Fatalf("with the marker: asked %d times (want none more), entry removed: %v", asked-1, !strings.Contains(e.read(t, "10-x.conflist"), "efvi-cni"))
+		}
+	})
 	e := newEnv(t, nil)
 	e.o.Unless = "no-slash"
 	if err := Uninstall(context.Background(), e.o, quiet, nil); err == nil {

@@ -61,20 +61,20 @@ Flags:
 
 // Options are the flags.
 type Options struct {
-	BinDir    string
-	ConfDir   string
-	Source    string
-	Type      string
-	Config    string // extra JSON fields of the entry
-	Wait      time.Duration
-	Unless    string // NAMESPACE/NAME of a DaemonSet
+	BinDir  string
+	ConfDir string
+	Source  string
+	Type    string
+	Config  string // extra JSON fields of the entry
+	Wait    time.Duration
+	Unless  string // NAMESPACE/NAME of a DaemonSet
 	// ReleaseMarker is the file the agent writes when its watch sees the
 	// DaemonSet deleted (pkg/release): present, the release is gone without
 	// asking the API server, whose answer helm's deletion of the RBAC and
 	// the ServiceAccount may already have taken away.
 	ReleaseMarker string
-	APIServer string // override https://host:port
-	TokenDir  string
+	APIServer     string // override https://host:port
+	TokenDir      string
 	// NoChain (install --chain=false) copies the binary only (for Multus
 	// network attachments) and removes chain entries an earlier install left.
 	NoChain bool

@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kube-efvi/kube-efvi/internal/bench"
 	"github.com/kube-efvi/kube-efvi/internal/efvitool"
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi"
 	"github.com/kube-efvi/kube-efvi/pkg/efvi/frame"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
@@ -169,7 +169,7 @@ func ping(ctx context.Context, args []string) error {
 	if *n < 1 || *w < 0 || *size < 1 || *size > 1472 {
 		return fmt.Errorf("-n %d -w %d -s %d: want n >= 1, w >= 0, 1 <= s <= 1472", *n, *w, *size)
 	}
-	var p bench.Pinger
+	var p latency.Pinger
 	how := "kernel UDP pinger"
 	if *kernel {
 		local := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
@@ -178,7 +178,7 @@ func ping(ctx context.Context, args []string) error {
 				return fmt.Errorf("-bind %q: %w", *bind, err)
 			}
 		}
-		if p, err = bench.NewUDPPinger(local, to, 2*time.Second); err != nil {
+		if p, err = latency.NewUDPPinger(local, to, 2*time.Second); err != nil {
 			return err
 		}
 	} else {
@@ -192,7 +192,7 @@ func ping(ctx context.Context, args []string) error {
 		how = "VI pinger"
 	}
 	defer p.Close()
-	lat, err := bench.MeasureRTT(p, *size, *w, *n)
+	lat, err := latency.MeasureRTT(p, *size, *w, *n)
 	if err != nil {
 		return err
 	}
@@ -244,7 +244,7 @@ func newVIPinger(ctx context.Context, socket string, to netip.AddrPort, dstMAC f
 		txID: efvi.RqID(rx), flow: frame.UDPFlow{SrcMAC: info.MAC, DstMAC: dstMAC, Src: src, Dst: to}}, nil
 }
 
-// Ping implements bench.Pinger.
+// Ping implements latency.Pinger.
 func (p *viPinger) Ping(payload []byte) (time.Duration, error) {
 	buf := p.mem.Buf(int(p.txID))
 	t0 := time.Now()
@@ -277,5 +277,5 @@ func (p *viPinger) Ping(payload []byte) (time.Duration, error) {
 	}
 }
 
-// Close implements bench.Pinger.
+// Close implements latency.Pinger.
 func (p *viPinger) Close() error { return p.s.Close() }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/internal/bench"
 	"github.com/kube-efvi/kube-efvi/internal/efvitool/agenttest"
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 )
 
 // TestPongOverVI runs the pong side on a VI served by the agent's software
@@ -27,9 +28,9 @@ func TestPongOverVI(t *testing.T) {
 			t.Errorf("pong: %v", err)
 		}
 	}()
-	var p *bench.UDPPinger
+	var p *latency.UDPPinger
 	if err := topo.Fabric.Do(func() (err error) {
-		p, err = bench.NewUDPPinger(netip.AddrPortFrom(topo.FabricIP, 9000), netip.AddrPortFrom(topo.PortIP, 8080), 2*time.Second)
+		p, err = latency.NewUDPPinger(netip.AddrPortFrom(topo.FabricIP, 9000), netip.AddrPortFrom(topo.PortIP, 8080), 2*time.Second)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -40,7 +41,7 @@ func TestPongOverVI(t *testing.T) {
 			t.Fatal("pong never installed its filter")
 		}
 	}
-	lat, err := bench.MeasureRTT(p, 32, 10, 200)
+	lat, err := latency.MeasureRTT(p, 32, 10, 200)
 	if err != nil {
 		c, cerr := alloc.Port.Plane.VICounters(0)
 		t.Fatalf("ping the VI pong: %v (VI counters %+v %v)", err, c, cerr)

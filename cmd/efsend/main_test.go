@@ -14,6 +14,7 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/internal/bench"
 	"github.com/kube-efvi/kube-efvi/internal/efvitool/agenttest"
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 	"github.com/kube-efvi/kube-efvi/internal/testnet"
 	"golang.org/x/sys/unix"
 )
@@ -43,7 +44,7 @@ func TestSendToFabric(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var fd int
 			if err := topo.Fabric.Do(func() (err error) {
-				if fd, err = bench.UDPSocket(netip.AddrPortFrom(netip.IPv4Unspecified(), 7300), true); err != nil {
+				if fd, err = latency.UDPSocket(netip.AddrPortFrom(netip.IPv4Unspecified(), 7300), true); err != nil {
 					return err
 				}
 				if c.dst.IsMulticast() {

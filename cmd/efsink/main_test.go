@@ -15,6 +15,7 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/internal/bench"
 	"github.com/kube-efvi/kube-efvi/internal/efvitool/agenttest"
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 	"github.com/kube-efvi/kube-efvi/internal/testnet"
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +50,7 @@ func TestSinkReceivesFromFabric(t *testing.T) {
 	}
 	payload := bytes.Repeat([]byte{0xab}, 100)
 	if err := topo.Fabric.Do(func() error {
-		fd, err := bench.UDPSocket(netip.AddrPortFrom(topo.FabricIP, 9100), true)
+		fd, err := latency.UDPSocket(netip.AddrPortFrom(topo.FabricIP, 9100), true)
 		if err != nil {
 			return err
 		}
@@ -129,7 +130,7 @@ func TestSinkWaitMode(t *testing.T) {
 		}
 	}
 	if err := topo.Fabric.Do(func() error {
-		fd, err := bench.UDPSocket(netip.AddrPortFrom(topo.FabricIP, 9200), true)
+		fd, err := latency.UDPSocket(netip.AddrPortFrom(topo.FabricIP, 9200), true)
 		if err != nil {
 			return err
 		}

@@ -5,20 +5,22 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/kube-efvi/kube-efvi/pkg/allocator"
-	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
-	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin/kubelettest"
 	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kube-efvi/kube-efvi/internal/latency"
+	"github.com/kube-efvi/kube-efvi/pkg/allocator"
+	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin"
+	"github.com/kube-efvi/kube-efvi/pkg/deviceplugin/kubelettest"
 )
 
 func chartFixture() []Result {
 	mk := func(name string, p50, p99 time.Duration, pps64, pps1472 float64) Result {
-		return Result{Name: name, RTT: Latency{P50: p50, P99: p99}, PPS: pps64,
+		return Result{Name: name, RTT: latency.Latency{P50: p50, P99: p99}, PPS: pps64,
 			Flood: []Flood{{Payload: 64, PPS: pps64}, {Payload: 1472, PPS: pps1472}}}
 	}
 	return []Result{
@@ -129,7 +131,7 @@ func BenchmarkKubeletReregister(b *testing.B) {
 		lat = append(lat, reg.At.Sub(k.Listening))
 	}
 	b.StopTimer()
-	s := Summarize(lat)
+	s := latency.Summarize(lat)
 	b.ReportMetric(float64(s.P50)/1e3, "p50-µs")
 	b.ReportMetric(float64(s.P99)/1e3, "p99-µs")
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 )
 
 // Ports of the benchmark flow: the generator sends from FabricIP:GenPort to
@@ -100,7 +102,7 @@ func Compare(ctx context.Context, topo *Topology, o Options) ([]Result, error) {
 		}
 	}
 	for i := range out {
-		out[i].RTT = Summarize(samples[i])
+		out[i].RTT = latency.Summarize(samples[i])
 		for _, size := range o.FloodSizes {
 			if f, ok := medianFlood(out[i].Rounds, size); ok {
 				out[i].Flood = append(out[i].Flood, f)
@@ -201,7 +203,7 @@ func measure(ctx context.Context, g *Generator, c Contender, o Options, all []ti
 		resp := start(ctx, o.ResponderCPU, c.Echo)
 		from := len(all)
 		err := onCPU(o.GeneratorCPU, func() (err error) {
-			all, err = AppendRTT(all, g, o.Payload, o.Warm, o.Pings)
+			all, err = latency.AppendRTT(all, g, o.Payload, o.Warm, o.Pings)
 			return err
 		})
 		if serr := resp.stop(); serr != nil {
@@ -210,7 +212,7 @@ func measure(ctx context.Context, g *Generator, c Contender, o Options, all []ti
 		if err != nil {
 			return all, r, fmt.Errorf("RTT: %w", err)
 		}
-		lat := Summarize(slices.Clone(all[from:]))
+		lat := latency.Summarize(slices.Clone(all[from:]))
 		r.P50, r.P99 = lat.P50, lat.P99
 	}
 	for _, size := range o.FloodSizes {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ type kernelUDP struct {
 // NewKernelUDP is the kernel UDP contender on addr: spin selects a
 // busy-polling reader (MSG_DONTWAIT), otherwise a blocking one.
 func NewKernelUDP(addr netip.AddrPort, spin bool) (Contender, error) {
-	fd, err := UDPSocket(addr, !spin)
+	fd, err := latency.UDPSocket(addr, !spin)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +78,7 @@ func (k *kernelUDP) Name() string {
 	return NameKernelBlock
 }
 
-func (k *kernelUDP) Echo(ctx context.Context) error { return udpEcho(ctx, k.fd, k.spin) }
+func (k *kernelUDP) Echo(ctx context.Context) error { return latency.UDPEchoFD(ctx, k.fd, k.spin) }
 
 // Sink reads with recvmmsg, 64 datagrams per call: MSG_DONTWAIT in a spin
 // loop, or MSG_WAITFORONE (block for the first, take what else is queued).

@@ -137,7 +137,7 @@ func (g *Generator) Recv(want []byte, t0 time.Time) (time.Duration, error) {
 	}
 }
 
-// Ping implements Pinger.
+// Ping implements latency.Pinger.
 func (g *Generator) Ping(payload []byte) (time.Duration, error) {
 	t0 := time.Now()
 	if err := g.Send(payload); err != nil {

@@ -9,49 +9,18 @@ package bench
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/kube-efvi/kube-efvi/internal/latency"
 )
-
-// Latency summarises round-trip samples.
-type Latency struct {
-	N    int           `json:"n"`
-	Min  time.Duration `json:"min_ns"`
-	P50  time.Duration `json:"p50_ns"`
-	P95  time.Duration `json:"p95_ns"`
-	P99  time.Duration `json:"p99_ns"`
-	Max  time.Duration `json:"max_ns"`
-	Mean time.Duration `json:"mean_ns"`
-}
-
-// Summarize sorts samples in place and returns their summary.
-func Summarize(samples []time.Duration) Latency {
-	if len(samples) == 0 {
-		return Latency{}
-	}
-	slices.Sort(samples)
-	var sum time.Duration
-	for _, s := range samples {
-		sum += s
-	}
-	q := func(p float64) time.Duration {
-		i := int(p * float64(len(samples)-1))
-		return samples[i]
-	}
-	return Latency{
-		N: len(samples), Min: samples[0], Max: samples[len(samples)-1],
-		P50: q(0.50), P95: q(0.95), P99: q(0.99),
-		Mean: sum / time.Duration(len(samples)),
-	}
-}
 
 // Result is one contender's figures. Zero fields were not measured.
 type Result struct {
-	Name string  `json:"name"`
-	RTT  Latency `json:"rtt"`
-	PPS  float64 `json:"rx_pps_64"` // received 64-byte packets per second under flood
-	Drop float64 `json:"drop_64"`   // fraction of the flood the receiver did not get
+	Name string          `json:"name"`
+	RTT  latency.Latency `json:"rtt"`
+	PPS  float64         `json:"rx_pps_64"` // received 64-byte packets per second under flood
+	Drop float64         `json:"drop_64"`   // fraction of the flood the receiver did not get
 	// Flood has the figures of every flood size (64 B is also in PPS/Drop):
 	// the round with the median rate.
 	Flood []Flood `json:"flood,omitempty"`

@@ -1,4 +1,9 @@
-package bench
+// Package latency measures round trips the way the tools and the benchmark
+// both need: a kernel UDP pinger and echo (the baseline a VI is compared
+// with), the Pinger interface any transport implements, and percentile
+// summaries of the samples. It links nothing but the standard library and
+// x/sys, so the shipped eflatency stays small.
+package latency
 
 import (
 	"context"
@@ -48,11 +53,11 @@ func sockaddr(a netip.AddrPort) *unix.SockaddrInet4 {
 // kernel socket setup) over a blocking one. It owns fd and closes it.
 func UDPEcho(ctx context.Context, fd int, spin bool) error {
 	defer unix.Close(fd)
-	return udpEcho(ctx, fd, spin)
+	return UDPEchoFD(ctx, fd, spin)
 }
 
-// udpEcho is UDPEcho without taking ownership of fd.
-func udpEcho(ctx context.Context, fd int, spin bool) error {
+// UDPEchoFD is UDPEcho without taking ownership of fd.
+func UDPEchoFD(ctx context.Context, fd int, spin bool) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	buf := make([]byte, 2048)

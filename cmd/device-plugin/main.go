@@ -24,6 +24,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/config"
 	"github.com/kube-efvi/kube-efvi/pkg/hwvi"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 	"github.com/kube-efvi/kube-efvi/pkg/kubeletcheckpoint"
 	"github.com/kube-efvi/kube-efvi/pkg/metrics"
 	"github.com/kube-efvi/kube-efvi/pkg/softvi"
@@ -93,7 +94,7 @@ func run() int {
 		sysfs        = fs.String("sysfs", "/sys", "sysfs mount point")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = fs.String("log-format", "json", "json or text")
-		diagSocket   = fs.String("efvictl-socket", introspect.DefaultSocket, `diagnostics socket for efvictl (root only), or "off"`)
+		diagSocket   = fs.String("efvictl-socket", api.DefaultSocket, `diagnostics socket for efvictl (root only), or "off"`)
 		cniSocket    = fs.String("cni-socket", cniapi.DefaultSocket, `agent API socket for efvi-cni, or "off"`)
 		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig for the API server (empty: in-cluster service account)")
 		nodeName     = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, else the hostname)")

@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 
-	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 )
 
 // capture writes a pcap of target's RX and TX frames to o.write.
-func capture(ctx context.Context, o opts, c *introspect.Client, target string, stdout, stderr io.Writer) error {
+func capture(ctx context.Context, o opts, c *api.Client, target string, stdout, stderr io.Writer) error {
 	if target == "" {
 		return errors.New("which VI? give a pod (namespace/name) or a VI (<port>-vi<N>); efvictl vis lists them")
 	}
@@ -31,7 +31,7 @@ func capture(ctx context.Context, o opts, c *introspect.Client, target string, s
 		}
 		out = f
 	}
-	sum, err := c.Capture(ctx, target, introspect.CaptureOptions{SnapLen: uint32(o.snaplen), Count: o.frames, Timeout: o.timeout}, out,
+	sum, err := c.Capture(ctx, target, api.CaptureOptions{SnapLen: uint32(o.snaplen), Count: o.frames, Timeout: o.timeout}, out,
 		func() { fmt.Fprintf(stderr, "efvictl: capturing %s (Ctrl-C to stop)\n", target) })
 	if f != nil {
 		if cerr := f.Close(); cerr != nil && err == nil {

@@ -22,7 +22,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 )
 
 const usage = `efvictl: kube-efvi diagnostics (run as root on the node, or kubectl exec into the agent pod).
@@ -74,7 +74,7 @@ func newFlags(o *opts, stderr io.Writer) *flag.FlagSet {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&o.socket, "socket", introspect.DefaultSocket, "the agent's diagnostics socket")
+	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "the agent's diagnostics socket")
 	fs.StringVar(&o.output, "o", "table", "output: table or json")
 	fs.DurationVar(&o.interval, "interval", time.Second, "watch: refresh interval")
 	fs.IntVar(&o.count, "n", 0, "watch: stop after this many refreshes (0: until interrupted)")
@@ -139,19 +139,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(rest) == 1 {
 		target = rest[0]
 	}
-	c := introspect.NewClient(o.socket)
+	c := api.NewClient(o.socket)
 	defer c.Close()
 	switch cmd {
 	case "ports":
 		err = show(ctx, o, stdout, c.Ports, portsTable)
 	case "vis":
-		err = show(ctx, o, stdout, func(ctx context.Context) ([]introspect.VIInfo, error) { return c.VIs(ctx, target) }, visTable)
+		err = show(ctx, o, stdout, func(ctx context.Context) ([]api.VIInfo, error) { return c.VIs(ctx, target) }, visTable)
 	case "filters":
-		err = show(ctx, o, stdout, func(ctx context.Context) ([]introspect.FilterInfo, error) { return c.Filters(ctx, target) }, filtersTable)
+		err = show(ctx, o, stdout, func(ctx context.Context) ([]api.FilterInfo, error) { return c.Filters(ctx, target) }, filtersTable)
 	case "stats":
-		err = show(ctx, o, stdout, func(ctx context.Context) ([]introspect.VIStats, error) { return c.Stats(ctx, target) }, statsTable)
+		err = show(ctx, o, stdout, func(ctx context.Context) ([]api.VIStats, error) { return c.Stats(ctx, target) }, statsTable)
 	case "watch":
-		err = watch(ctx, o, stdout, func(ctx context.Context) ([]introspect.VIStats, error) { return c.Stats(ctx, target) })
+		err = watch(ctx, o, stdout, func(ctx context.Context) ([]api.VIStats, error) { return c.Stats(ctx, target) })
 	case "capture":
 		err = capture(ctx, o, c, target, stdout, stderr)
 	default:
@@ -180,14 +180,14 @@ func show[T any](ctx context.Context, o opts, w io.Writer, get func(context.Cont
 	return tw.Flush()
 }
 
-func portsTable(w io.Writer, ports []introspect.PortInfo) {
+func portsTable(w io.Writer, ports []api.PortInfo) {
 	fmt.Fprintln(w, "PORT\tIFINDEX\tMAC\tMTU\tDATA PLANE\tXDP PROG\tVIS\tCAPTURING")
 	for _, p := range ports {
 		fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%d\t%d\t%s\n", p.Name, p.Ifindex, p.MAC, p.MTU, p.DataPlane, p.XDPProgramID, p.VIs, orDash(strings.Join(p.Capturing, ",")))
 	}
 }
 
-func visTable(w io.Writer, vis []introspect.VIInfo) {
+func visTable(w io.Writer, vis []api.VIInfo) {
 	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tPOOL\tSLOT\tVETH\tPEER (XSK)\tSOCKET\tALLOCATION\tPINNED\tALLOC VIS")
 	for _, v := range vis {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", v.Device, v.Namespace, v.Pod, v.Pool, v.Slot, orDash(v.Veth), orDash(v.PeerVeth), yesNo(v.Socket), v.Allocation, mib(v.AllocationPinnedBytes), v.AllocationVIs)
@@ -197,7 +197,7 @@ func visTable(w io.Writer, vis []introspect.VIInfo) {
 // mib shows a byte count in MiB (the allocation's pinned memory).
 func mib(b uint64) string { return fmt.Sprintf("%.1fMi", float64(b)/(1<<20)) }
 
-func filtersTable(w io.Writer, fs []introspect.FilterInfo) {
+func filtersTable(w io.Writer, fs []api.FilterInfo) {
 	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tFILTER\tOWNER\tCOOKIE\tHITS")
 	for _, f := range fs {
 		owner := f.Owner
@@ -212,7 +212,7 @@ func filtersTable(w io.Writer, fs []introspect.FilterInfo) {
 	}
 }
 
-func statsTable(w io.Writer, st []introspect.VIStats) {
+func statsTable(w io.Writer, st []api.VIStats) {
 	fmt.Fprintln(w, "VI\tNAMESPACE\tPOD\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tTX SPOOF\tRX NODESC\tRX RING FULL\tRX INVAL\tTX INVAL\tRX REDIR ERR")
 	for _, s := range st {
 		nodesc, full, rxInval, txInval := sockCols(s)
@@ -221,7 +221,7 @@ func statsTable(w io.Writer, st []introspect.VIStats) {
 	}
 }
 
-func sockCols(s introspect.VIStats) (nodesc, full, rxInval, txInval string) {
+func sockCols(s api.VIStats) (nodesc, full, rxInval, txInval string) {
 	if s.Socket == nil {
 		return "-", "-", "-", "-"
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 )
 
@@ -57,9 +58,9 @@ func TestParseArgs(t *testing.T) {
 }
 
 func TestWithRates(t *testing.T) {
-	prev := []introspect.VIStats{{Device: "p-vi0", RxPackets: 100, RxBytes: 1000, TxPackets: 10, Socket: &introspect.SocketStats{RxNoDescDrops: 5}}}
-	cur := []introspect.VIStats{
-		{Device: "p-vi0", RxPackets: 300, RxBytes: 251000, TxPackets: 4, Socket: &introspect.SocketStats{RxNoDescDrops: 9}},
+	prev := []api.VIStats{{Device: "p-vi0", RxPackets: 100, RxBytes: 1000, TxPackets: 10, Socket: &api.SocketStats{RxNoDescDrops: 5}}}
+	cur := []api.VIStats{
+		{Device: "p-vi0", RxPackets: 300, RxBytes: 251000, TxPackets: 4, Socket: &api.SocketStats{RxNoDescDrops: 9}},
 		{Device: "p-vi1", RxPackets: 7},
 	}
 	rs := withRates(prev, cur, 2*time.Second)
@@ -178,7 +179,7 @@ func TestCommandsOnRealDataPlane(t *testing.T) {
 	if out := a.efvictl(t, ctx, "vis", "md-feed"); !strings.Contains(out, a.device) || !strings.Contains(out, "default") || !strings.Contains(out, "alloc-9") {
 		t.Errorf("vis:\n%s", out)
 	}
-	var before []introspect.VIStats
+	var before []api.VIStats
 	if err := json.Unmarshal([]byte(a.efvictl(t, ctx, "stats", "-o", "json", "default/md-feed")), &before); err != nil || len(before) != 1 {
 		t.Fatalf("stats JSON %+v: %v", before, err)
 	}
@@ -202,7 +203,7 @@ func TestCommandsOnRealDataPlane(t *testing.T) {
 	// as capturing); a capture that ends first, or a switch that is not on by
 	// the hang guard's deadline, fails the test.
 	capturing := func() bool {
-		var ports []introspect.PortInfo
+		var ports []api.PortInfo
 		out := a.efvictl(t, ctx, "ports", "-o", "json")
 		if err := json.Unmarshal([]byte(out), &ports); err != nil {
 			t.Fatalf("ports JSON %q: %v", out, err)
@@ -251,7 +252,7 @@ func TestCommandsOnRealDataPlane(t *testing.T) {
 		t.Fatalf("%d trailing bytes after %d records", len(b)-off, n)
 	}
 
-	var after []introspect.VIStats
+	var after []api.VIStats
 	if err := json.Unmarshal([]byte(a.efvictl(t, ctx, "stats", "-o", "json", a.device)), &after); err != nil || len(after) != 1 {
 		t.Fatalf("stats JSON %+v: %v", after, err)
 	}

@@ -9,12 +9,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 )
 
 // viRate is one VI's counters and their rates since the previous refresh.
 type viRate struct {
-	introspect.VIStats
+	api.VIStats
 	// Rates per second; nil on the first refresh (nothing to compare).
 	Rates *rates `json:"rates,omitempty"`
 }
@@ -38,8 +38,8 @@ func delta(cur, prev uint64) float64 {
 }
 
 // withRates pairs cur with prev by device and computes per-second rates.
-func withRates(prev, cur []introspect.VIStats, dt time.Duration) []viRate {
-	old := map[string]introspect.VIStats{}
+func withRates(prev, cur []api.VIStats, dt time.Duration) []viRate {
+	old := map[string]api.VIStats{}
 	for _, s := range prev {
 		old[s.Device] = s
 	}
@@ -73,8 +73,8 @@ func isTerminal(w io.Writer) bool {
 
 // watch refreshes the stats every o.interval until ctx ends or o.count
 // refreshes. JSON output is one object per refresh per line.
-func watch(ctx context.Context, o opts, w io.Writer, get func(context.Context) ([]introspect.VIStats, error)) error {
-	var prev []introspect.VIStats
+func watch(ctx context.Context, o opts, w io.Writer, get func(context.Context) ([]api.VIStats, error)) error {
+	var prev []api.VIStats
 	var prevAt time.Time
 	clear := o.output == "table" && isTerminal(w)
 	t := time.NewTicker(o.interval)

@@ -37,6 +37,7 @@ import (
 
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 	"github.com/kube-efvi/kube-efvi/pkg/metrics"
 	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 )
@@ -78,100 +79,8 @@ func New(cfg Config) *Inspector {
 		capturers: map[*dataplane.Port]*dataplane.Capturer{}}
 }
 
-// Error is a query error with its HTTP status.
-type Error struct {
-	Status int
-	Msg    string
-}
-
-func (e *Error) Error() string { return e.Msg }
-
 func notFound(format string, a ...any) error {
-	return &Error{Status: http.StatusNotFound, Msg: fmt.Sprintf(format, a...)}
-}
-
-// PortInfo describes a port.
-type PortInfo struct {
-	Name    string `json:"name"`
-	Ifindex int    `json:"ifindex"`
-	MAC     string `json:"mac"`
-	MTU     int    `json:"mtu"`
-	// DataPlane is "attached" (port XDP program live), "detached" (opened,
-	// link gone), or "other" (a data plane this inspector cannot inspect).
-	DataPlane    string   `json:"dataPlane"`
-	XDPProgramID uint32   `json:"xdpProgramId,omitempty"`
-	VIs          int      `json:"vis"`
-	Capturing    []string `json:"capturing,omitempty"` // device ids being captured
-}
-
-// VIInfo describes a VI slot of an allocation, or a data-plane VI that no
-// allocation claims (left by a previous agent).
-type VIInfo struct {
-	Device     string `json:"device"` // "<port>-vi<N>"
-	Port       string `json:"port"`
-	Slot       uint32 `json:"slot"`
-	Pool       string `json:"pool"`
-	Allocation string `json:"allocation"`
-	Namespace  string `json:"namespace"`
-	Pod        string `json:"pod"`
-	// Veth is the VI's own veth (TX arrives there), PeerVeth carries its
-	// XSK; both empty while the slot has no data-plane VI.
-	Veth      string `json:"veth,omitempty"`
-	PeerVeth  string `json:"peerVeth,omitempty"`
-	DataPlane bool   `json:"dataPlane"` // the slot's VI exists in the data plane
-	Socket    bool   `json:"socket"`    // a session of this agent holds its XSK
-	// AllocationPinnedBytes, AllocationVIs and AllocationFilters are the
-	// allocation's usage against its pool's limits (the same for every slot
-	// of the allocation; see viservice.Usage).
-	AllocationPinnedBytes uint64 `json:"allocationPinnedBytes"`
-	AllocationVIs         int    `json:"allocationVIs"`
-	AllocationFilters     int    `json:"allocationFilters"`
-}
-
-// FilterInfo is one installed filter.
-type FilterInfo struct {
-	Device    string `json:"device"`
-	Port      string `json:"port"`
-	Slot      uint32 `json:"slot"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Spec      string `json:"spec"`
-	// Owner is "cni" (installed at pod start for the pod's declared
-	// filters; Attachment names it) or "session" (added by the pod's SDK).
-	Owner      string `json:"owner"`
-	Attachment string `json:"attachment,omitempty"`
-	Cookie     uint64 `json:"cookie"`
-	Hits       uint64 `json:"hits"`
-	HitsError  string `json:"hitsError,omitempty"`
-}
-
-// SocketStats are the XDP_STATISTICS of a VI's AF_XDP socket.
-type SocketStats struct {
-	RxNoDescDrops    uint64 `json:"rxNodescDrops"`  // rx_fill_ring_empty_descs: no RX buffer posted
-	RxRingFull       uint64 `json:"rxRingFull"`     // event queue (RX ring) overflow
-	RxDropped        uint64 `json:"rxDropped"`      // all RX drops the socket saw (includes nodesc)
-	RxInvalidDescs   uint64 `json:"rxInvalidDescs"` // bad fill descriptors
-	TxInvalidDescs   uint64 `json:"txInvalidDescs"` // bad TX descriptors
-	TxRingEmptyDescs uint64 `json:"txRingEmptyDescs"`
-}
-
-// VIStats are one VI's counters.
-type VIStats struct {
-	Device           string       `json:"device"`
-	Port             string       `json:"port"`
-	Slot             uint32       `json:"slot"`
-	Pool             string       `json:"pool"`
-	Allocation       string       `json:"allocation"`
-	Namespace        string       `json:"namespace"`
-	Pod              string       `json:"pod"`
-	RxPackets        uint64       `json:"rxPackets"`
-	RxBytes          uint64       `json:"rxBytes"`
-	TxPackets        uint64       `json:"txPackets"`
-	TxBytes          uint64       `json:"txBytes"`
-	TxSpoofDrops     uint64       `json:"txSpoofDrops"`
-	RxRedirectErrors uint64       `json:"rxRedirectErrors"`
-	Socket           *SocketStats `json:"socket,omitempty"` // nil: the agent holds no live socket for the VI
-	SocketError      string       `json:"socketError,omitempty"`
+	return &api.Error{Status: http.StatusNotFound, Msg: fmt.Sprintf(format, a...)}
 }
 
 // vi is one VI as the inspector resolves it.
@@ -280,7 +189,7 @@ func (in *Inspector) resolve(target string) ([]vi, error) {
 		}
 		if len(owners) > 1 {
 			names := slices.Sorted(mapsKeys(owners))
-			return nil, &Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("pod name %q is ambiguous: %s; give namespace/name", target, strings.Join(names, ", "))}
+			return nil, &api.Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("pod name %q is ambiguous: %s; give namespace/name", target, strings.Join(names, ", "))}
 		}
 		return hit, nil
 	}
@@ -321,10 +230,10 @@ func mapsKeys(m map[string]bool) func(func(string) bool) {
 }
 
 // Ports lists the ports.
-func (in *Inspector) Ports() []PortInfo {
-	var out []PortInfo
+func (in *Inspector) Ports() []api.PortInfo {
+	var out []api.PortInfo
 	for _, p := range in.reg.Ports() {
-		pi := PortInfo{Name: p.Name, MAC: macString(p.MAC), MTU: p.MTU, DataPlane: "other"}
+		pi := api.PortInfo{Name: p.Name, MAC: macString(p.MAC), MTU: p.MTU, DataPlane: "other"}
 		if dp, ok := p.Plane.(*dataplane.Port); ok {
 			st := dp.Status()
 			pi.Ifindex, pi.XDPProgramID, pi.VIs = st.Ifindex, st.ProgramID, len(st.VIs)
@@ -349,14 +258,14 @@ func macString(m [6]byte) string {
 }
 
 // VIs lists the VIs a target names.
-func (in *Inspector) VIs(target string) ([]VIInfo, error) {
+func (in *Inspector) VIs(target string) ([]api.VIInfo, error) {
 	vis, err := in.resolve(target)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]VIInfo, 0, len(vis))
+	out := make([]api.VIInfo, 0, len(vis))
 	for _, v := range vis {
-		info := VIInfo{Device: v.device, Port: v.port.Name, Slot: v.slot, Pool: "-", Allocation: dash(v.allocID),
+		info := api.VIInfo{Device: v.device, Port: v.port.Name, Slot: v.slot, Pool: "-", Allocation: dash(v.allocID),
 			Namespace: dash(v.ns), Pod: dash(v.pod), DataPlane: v.dataPlane != nil}
 		if v.alloc != nil {
 			info.Pool = v.alloc.Pool
@@ -373,7 +282,7 @@ func (in *Inspector) VIs(target string) ([]VIInfo, error) {
 }
 
 // Filters lists the filters of the VIs a target names.
-func (in *Inspector) Filters(target string) ([]FilterInfo, error) {
+func (in *Inspector) Filters(target string) ([]api.FilterInfo, error) {
 	vis, err := in.resolve(target)
 	if err != nil {
 		return nil, err
@@ -390,14 +299,14 @@ func (in *Inspector) Filters(target string) ([]FilterInfo, error) {
 		}
 		want[key{v.port, v.slot}] = v
 	}
-	out := []FilterInfo{}
+	out := []api.FilterInfo{}
 	for _, p := range ports {
 		for _, f := range p.FilterOwners() {
 			v, ok := want[key{p, uint32(f.Owner)}]
 			if !ok {
 				continue
 			}
-			fi := FilterInfo{Device: v.device, Port: p.Name, Slot: v.slot, Namespace: dash(v.ns), Pod: dash(v.pod),
+			fi := api.FilterInfo{Device: v.device, Port: p.Name, Slot: v.slot, Namespace: dash(v.ns), Pod: dash(v.pod),
 				Spec: f.Spec.String(), Owner: "session", Attachment: f.Attachment, Cookie: uint64(f.Cookie)}
 			if f.Attachment != "" {
 				fi.Owner = "cni"
@@ -410,7 +319,7 @@ func (in *Inspector) Filters(target string) ([]FilterInfo, error) {
 			out = append(out, fi)
 		}
 	}
-	slices.SortFunc(out, func(x, y FilterInfo) int {
+	slices.SortFunc(out, func(x, y api.FilterInfo) int {
 		return cmp.Or(strings.Compare(x.Port, y.Port), cmp.Compare(x.Slot, y.Slot), cmp.Compare(x.Cookie, y.Cookie))
 	})
 	return out, nil
@@ -418,12 +327,12 @@ func (in *Inspector) Filters(target string) ([]FilterInfo, error) {
 
 // Stats reads the counters of the VIs a target names that exist in the
 // data plane.
-func (in *Inspector) Stats(target string) ([]VIStats, error) {
+func (in *Inspector) Stats(target string) ([]api.VIStats, error) {
 	vis, err := in.resolve(target)
 	if err != nil {
 		return nil, err
 	}
-	out := []VIStats{}
+	out := []api.VIStats{}
 	var missing []string
 	for _, v := range vis {
 		if v.dataPlane == nil {
@@ -442,8 +351,8 @@ func (in *Inspector) Stats(target string) ([]VIStats, error) {
 	return out, nil
 }
 
-func (in *Inspector) stats(v vi) (VIStats, error) {
-	s := VIStats{Device: v.device, Port: v.port.Name, Slot: v.slot, Pool: "-", Allocation: dash(v.allocID), Namespace: dash(v.ns), Pod: dash(v.pod)}
+func (in *Inspector) stats(v vi) (api.VIStats, error) {
+	s := api.VIStats{Device: v.device, Port: v.port.Name, Slot: v.slot, Pool: "-", Allocation: dash(v.allocID), Namespace: dash(v.ns), Pod: dash(v.pod)}
 	c, err := v.port.Plane.VICounters(v.slot)
 	if err != nil {
 		return s, fmt.Errorf("counters of %s: %w", v.device, err)
@@ -457,7 +366,7 @@ func (in *Inspector) stats(v vi) (VIStats, error) {
 		case err != nil:
 			s.SocketError = err.Error()
 		case live:
-			s.Socket = &SocketStats{RxNoDescDrops: ks.RxFillRingEmptyDescs, RxRingFull: ks.RxRingFull, RxDropped: ks.RxDropped,
+			s.Socket = &api.SocketStats{RxNoDescDrops: ks.RxFillRingEmptyDescs, RxRingFull: ks.RxRingFull, RxDropped: ks.RxDropped,
 				RxInvalidDescs: ks.RxInvalidDescs, TxInvalidDescs: ks.TxInvalidDescs, TxRingEmptyDescs: ks.TxRingEmptyDescs}
 		}
 	}
@@ -514,12 +423,12 @@ func (in *Inspector) AllocationSamples() []metrics.AllocationSample {
 func (in *Inspector) capturer(p *viservice.Port) (*dataplane.Capturer, error) {
 	dp, ok := p.Plane.(*dataplane.Port)
 	if !ok {
-		return nil, &Error{Status: http.StatusNotImplemented, Msg: fmt.Sprintf("port %s: capture needs the software data plane", p.Name)}
+		return nil, &api.Error{Status: http.StatusNotImplemented, Msg: fmt.Sprintf("port %s: capture needs the software data plane", p.Name)}
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.closed {
-		return nil, &Error{Status: http.StatusServiceUnavailable, Msg: "the agent is shutting down"}
+		return nil, &api.Error{Status: http.StatusServiceUnavailable, Msg: "the agent is shutting down"}
 	}
 	if c := in.capturers[dp]; c != nil {
 		return c, nil
@@ -552,7 +461,7 @@ func parseUint(name, s string, max uint64) (uint64, error) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || n > max {
-		return 0, &Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("%s=%q: want a whole number 0..%d", name, s, max)}
+		return 0, &api.Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("%s=%q: want a whole number 0..%d", name, s, max)}
 	}
 	return n, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
 	"github.com/kube-efvi/kube-efvi/pkg/introspect"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 	"github.com/kube-efvi/kube-efvi/pkg/viservice"
 )
 
@@ -47,7 +48,7 @@ type node struct {
 	alloc  *viservice.Allocation
 	device string
 	broker *broker.Client
-	client *introspect.Client
+	client *api.Client
 	vi     *broker.VI
 }
 
@@ -112,7 +113,7 @@ func newNode(t *testing.T) *node {
 	sctx, scancel := context.WithCancel(context.Background())
 	sdone := make(chan error, 1)
 	go func() { sdone <- srv.Serve(sctx) }()
-	n.client = introspect.NewClient(srv.Path())
+	n.client = api.NewClient(srv.Path())
 	t.Cleanup(func() {
 		n.client.Close()
 		scancel()
@@ -166,10 +167,10 @@ func (n *node) sendUDP(t *testing.T, port int, payloads ...string) {
 }
 
 // waitStats polls stats until ok accepts them (hang guard only).
-func (n *node) waitStats(t *testing.T, target string, ok func(introspect.VIStats) bool) introspect.VIStats {
+func (n *node) waitStats(t *testing.T, target string, ok func(api.VIStats) bool) api.VIStats {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
-	var last []introspect.VIStats
+	var last []api.VIStats
 	for time.Now().Before(deadline) {
 		st, err := n.client.Stats(context.Background(), target)
 		if err != nil {
@@ -182,7 +183,7 @@ func (n *node) waitStats(t *testing.T, target string, ok func(introspect.VIStats
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("stats never reached the expected values: %+v", last)
-	return introspect.VIStats{}
+	return api.VIStats{}
 }
 
 // TestCountersAndDiagnostics drives real traffic into a VI opened through
@@ -203,7 +204,7 @@ func TestCountersAndDiagnostics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	before := n.waitStats(t, "team/trader", func(introspect.VIStats) bool { return true })
+	before := n.waitStats(t, "team/trader", func(api.VIStats) bool { return true })
 	if before.Socket == nil {
 		t.Fatalf("stats %+v: no socket statistics for a VI the broker handed out", before)
 	}
@@ -214,7 +215,7 @@ func TestCountersAndDiagnostics(t *testing.T) {
 	}
 	n.sendUDP(t, 5000, payloads...)
 	frameLen := uint64(14 + 20 + 8 + len(payloads[0]))
-	after := n.waitStats(t, "trader", func(s introspect.VIStats) bool {
+	after := n.waitStats(t, "trader", func(s api.VIStats) bool {
 		return s.RxPackets-before.RxPackets == count && s.Socket != nil && s.Socket.RxNoDescDrops-before.Socket.RxNoDescDrops == count
 	})
 	if d := after.RxBytes - before.RxBytes; d != count*frameLen {
@@ -244,7 +245,7 @@ func TestCountersAndDiagnostics(t *testing.T) {
 	if len(filters) != 2 {
 		t.Fatalf("filters %+v, want the session's and the CNI's", filters)
 	}
-	owners := map[string]introspect.FilterInfo{}
+	owners := map[string]api.FilterInfo{}
 	for _, f := range filters {
 		owners[f.Owner] = f
 	}
@@ -309,7 +310,7 @@ func TestCountersAndDiagnostics(t *testing.T) {
 		{"eth-nope-vi1", http.StatusNotFound, []string{"ports: " + n.topo.Port.Name}},
 	} {
 		_, err := n.client.Stats(ctx, c.target)
-		var e *introspect.Error
+		var e *api.Error
 		if !errors.As(err, &e) || e.Status != c.status {
 			t.Errorf("stats %q: %v, want HTTP %d", c.target, err, c.status)
 			continue
@@ -320,7 +321,7 @@ func TestCountersAndDiagnostics(t *testing.T) {
 			}
 		}
 	}
-	if _, err := n.client.Capture(ctx, "nosuchpod", introspect.CaptureOptions{Count: 1}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), "team/trader") {
+	if _, err := n.client.Capture(ctx, "nosuchpod", api.CaptureOptions{Count: 1}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), "team/trader") {
 		t.Errorf("capture of an unknown pod: %v", err)
 	}
 }
@@ -405,14 +406,14 @@ func TestCapturePcap(t *testing.T) {
 	var out bytes.Buffer
 	started := make(chan struct{})
 	type result struct {
-		sum introspect.CaptureSummary
+		sum api.CaptureSummary
 		err error
 	}
 	res := make(chan result, 1)
 	cctx, cancel := context.WithTimeout(ctx, waitLimit)
 	defer cancel()
 	go func() {
-		sum, err := n.client.Capture(cctx, "team/trader", introspect.CaptureOptions{Count: 2 * count}, &out, func() { close(started) })
+		sum, err := n.client.Capture(cctx, "team/trader", api.CaptureOptions{Count: 2 * count}, &out, func() { close(started) })
 		res <- result{sum, err}
 	}()
 	select {
@@ -421,7 +422,7 @@ func TestCapturePcap(t *testing.T) {
 		t.Fatalf("capture ended before starting: %v", r.err)
 	}
 	// A second capture of the same VI is refused while this one runs.
-	if _, err := n.client.Capture(ctx, n.device, introspect.CaptureOptions{Count: 1}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), "already being captured") {
+	if _, err := n.client.Capture(ctx, n.device, api.CaptureOptions{Count: 1}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), "already being captured") {
 		t.Errorf("concurrent capture: %v", err)
 	}
 	var rxWant, txWant []string

@@ -20,36 +20,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kube-efvi/kube-efvi/pkg/dataplane"
+	"github.com/kube-efvi/kube-efvi/pkg/introspect/api"
 	"github.com/kube-efvi/kube-efvi/pkg/metrics"
 )
-
-// DefaultSocket is where the agent serves diagnostics.
-const DefaultSocket = "/run/efvi/efvictl.sock"
-
-// CaptureOptions bound a capture.
-type CaptureOptions struct {
-	SnapLen uint32        // bytes kept per frame; 0 = dataplane.MaxSnapLen
-	Count   uint64        // stop after this many frames; 0 = no limit
-	Timeout time.Duration // stop after this long; 0 = until cancelled
-}
-
-// CaptureSummary says what a capture wrote.
-type CaptureSummary struct {
-	Rx, Tx  uint64 // frames written, by direction
-	Dropped uint64 // frames lost (reader too slow, or perf ring full)
-}
 
 // Capture captures the RX and TX frames of the VIs a target names into w
 // as pcap, until opts.Count frames, opts.Timeout or ctx. started is called
 // once every capture switch is on, before anything is written.
-func (in *Inspector) Capture(ctx context.Context, target string, opts CaptureOptions, w io.Writer, started func()) (CaptureSummary, error) {
-	var sum CaptureSummary
+func (in *Inspector) Capture(ctx context.Context, target string, opts api.CaptureOptions, w io.Writer, started func()) (api.CaptureSummary, error) {
+	var sum api.CaptureSummary
 	vis, err := in.resolve(target)
 	if err != nil {
 		return sum, err
 	}
 	if target == "" {
-		return sum, &Error{Status: http.StatusBadRequest, Msg: "capture needs a target: a pod (namespace/name) or a VI (<port>-vi<N>)"}
+		return sum, &api.Error{Status: http.StatusBadRequest, Msg: "capture needs a target: a pod (namespace/name) or a VI (<port>-vi<N>)"}
 	}
 	var caps []*dataplane.Capture
 	defer func() {
@@ -69,7 +54,7 @@ func (in *Inspector) Capture(ctx context.Context, target string, opts CaptureOpt
 		}
 		cp, err := c.Start(v.slot, opts.SnapLen)
 		if errors.Is(err, syscall.EBUSY) {
-			return sum, &Error{Status: http.StatusConflict, Msg: fmt.Sprintf("%s is already being captured; stop the other capture first", v.device)}
+			return sum, &api.Error{Status: http.StatusConflict, Msg: fmt.Sprintf("%s is already being captured; stop the other capture first", v.device)}
 		}
 		if err != nil {
 			return sum, fmt.Errorf("capture %s: %w", v.device, err)
@@ -157,13 +142,6 @@ func flush(w io.Writer) {
 	}
 }
 
-// Trailer names of a capture response.
-const (
-	TrailerRx      = "Efvi-Rx"
-	TrailerTx      = "Efvi-Tx"
-	TrailerDropped = "Efvi-Dropped"
-)
-
 // Handler serves the endpoints in the package doc.
 func (in *Inspector) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -196,7 +174,7 @@ func (in *Inspector) Handler() http.Handler {
 
 func (in *Inspector) serveCapture(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var opts CaptureOptions
+	var opts api.CaptureOptions
 	snap, err := parseUint("snaplen", q.Get("snaplen"), dataplane.MaxSnapLen)
 	if err != nil {
 		in.writeError(w, err)
@@ -210,7 +188,7 @@ func (in *Inspector) serveCapture(w http.ResponseWriter, r *http.Request) {
 	if s := q.Get("timeout"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d < 0 {
-			in.writeError(w, &Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("timeout=%q: want a duration such as 10s", s)})
+			in.writeError(w, &api.Error{Status: http.StatusBadRequest, Msg: fmt.Sprintf("timeout=%q: want a duration such as 10s", s)})
 			return
 		}
 		opts.Timeout = d
@@ -218,7 +196,7 @@ func (in *Inspector) serveCapture(w http.ResponseWriter, r *http.Request) {
 	wroteHeader := false
 	sum, err := in.Capture(r.Context(), q.Get("target"), opts, w, func() {
 		w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
-		w.Header().Set("Trailer", TrailerRx+", "+TrailerTx+", "+TrailerDropped)
+		w.Header().Set("Trailer", api.TrailerRx+", "+api.TrailerTx+", "+api.TrailerDropped)
 		w.WriteHeader(http.StatusOK)
 		wroteHeader = true
 	})
@@ -229,18 +207,14 @@ func (in *Inspector) serveCapture(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		in.log.Debug("capture ended", "err", err)
 	}
-	w.Header().Set(TrailerRx, strconv.FormatUint(sum.Rx, 10))
-	w.Header().Set(TrailerTx, strconv.FormatUint(sum.Tx, 10))
-	w.Header().Set(TrailerDropped, strconv.FormatUint(sum.Dropped, 10))
-}
-
-type errorReply struct {
-	Error string `json:"error"`
+	w.Header().Set(api.TrailerRx, strconv.FormatUint(sum.Rx, 10))
+	w.Header().Set(api.TrailerTx, strconv.FormatUint(sum.Tx, 10))
+	w.Header().Set(api.TrailerDropped, strconv.FormatUint(sum.Dropped, 10))
 }
 
 func (in *Inspector) writeError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
-	var e *Error
+	var e *api.Error
 	if errors.As(err, &e) {
 		status = e.Status
 	}
@@ -249,7 +223,7 @@ func (in *Inspector) writeError(w http.ResponseWriter, err error) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(errorReply{Error: err.Error()})
+	_ = json.NewEncoder(w).Encode(api.ErrorReply{Error: err.Error()})
 }
 
 // Server serves an Inspector on a unix socket.

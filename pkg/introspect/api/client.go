@@ -1,4 +1,4 @@
-package introspect
+package api
 
 import (
 	"context"
@@ -50,7 +50,7 @@ func (c *Client) get(ctx context.Context, path string, q url.Values) (*http.Resp
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e errorReply
+		var e ErrorReply
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			return nil, &Error{Status: resp.StatusCode, Msg: e.Error}
 		}

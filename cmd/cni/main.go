@@ -2,7 +2,7 @@
 // ADD, DEL, CHECK, GC, STATUS, VERSION). It passes prevResult through
 // unchanged and forwards each attachment of a pod that holds VIs (container
 // id, netns, ifname, the pod identity from CNI_ARGS, the IPs from prevResult
-// and the netconf's defaultFilters) to the node agent over gRPC on a unix
+// and the netconf's defaultFilters) to the node agent over HTTP+JSON on a unix
 // socket (pkg/cniapi). The agent (pkg/attach) decides and installs
 // everything; the plugin only maps the agent's answer to a CNI result or
 // error.

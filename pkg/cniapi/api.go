@@ -1,16 +1,18 @@
-// Package cniapi is the agent API the efvi-cni plugin speaks: a small gRPC
-// service on a host unix socket (default /run/efvi/agent.sock) that carries
-// CNI ADD, DEL, CHECK, GC and STATUS from the plugin to the node agent.
+// Package cniapi is the agent API the efvi-cni plugin speaks: HTTP+JSON on a
+// root-only host unix socket (default /run/efvi/agent.sock) that carries CNI
+// ADD, DEL, CHECK, GC and STATUS from the plugin to the node agent. It is
+// the same transport as the agent's diagnostics (pkg/introspect): one kind
+// of local API on the node, readable with curl --unix-socket, no code
+// generation, and only the standard library in the plugin that runs for
+// every pod.
 //
-// There is no protoc in the build: messages are plain Go structs marshaled as
-// JSON by a codec forced on both ends (never registered globally), and the
-// service descriptor is written by hand. The wire is still ordinary gRPC
-// (HTTP/2, status codes, deadlines), so grpcurl-style tools work with
-// -format json.
+// Each call is a POST of the request's JSON to /v1/<method> (add, del,
+// check, gc, status); a success answers 200 with the response's JSON. A
+// failure answers an HTTP status and the CNI error as JSON ({code, msg,
+// details, errno}; see [Error] and the Code constants), so the plugin prints
+// exactly what the agent decided, with no string parsing. For example:
 //
-// Errors travel as gRPC statuses carrying a CNI error (code, msg, details)
-// in an errdetails.ErrorInfo, so the plugin prints exactly what the agent
-// decided, with no string parsing: see [Error] and the Code constants.
+//	curl --unix-socket /run/efvi/agent.sock -d '{}' http://agent/v1/status
 package cniapi
 
 import (
@@ -20,9 +22,6 @@ import (
 
 // DefaultSocket is the agent API socket on the host.
 const DefaultSocket = "/run/efvi/agent.sock"
-
-// ServiceName is the gRPC service name.
-const ServiceName = "efvi.cni.v1.Agent"
 
 // Attachment is one CNI attachment of a pod, as the plugin sees it.
 type Attachment struct {

@@ -1,39 +1,80 @@
 package cniapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"io"
+	"net"
+	"net/http"
 )
 
 // Client calls the agent over its unix socket. It implements Agent; every
 // error it returns is an *Error.
 type Client struct {
-	conn *grpc.ClientConn
+	path string
+	http *http.Client
 }
 
 // Dial returns a client for the agent socket at path. The connection is made
 // on the first call, so a missing agent shows up there as an *Error with
 // CodeTryAgainLater (see IsUnreachable).
 func Dial(path string) (*Client, error) {
-	conn, err := grpc.NewClient("unix:"+path,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
-	if err != nil {
-		return nil, fmt.Errorf("agent API client for %s: %w", path, err)
+	if path == "" {
+		return nil, errors.New("agent API client: empty socket path")
 	}
-	return &Client{conn: conn}, nil
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableCompression: true,
+	}
+	return &Client{path: path, http: &http.Client{Transport: tr}}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close releases idle connections.
+func (c *Client) Close() error {
+	c.http.CloseIdleConnections()
+	return nil
+}
+
+// maxReply bounds what the client reads of an answer.
+const maxReply = 1 << 20
 
 func invoke[Req, Resp any](ctx context.Context, c *Client, method string, req *Req) (*Resp, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "agent call failed", Details: fmt.Sprintf("marshal %s request: %v", method, err)}
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://efvi-agent"+pathPrefix+method, bytes.NewReader(body))
+	if err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "agent call failed", Details: err.Error()}
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	res, err := c.http.Do(hr)
+	if err != nil {
+		// No answer: the socket is missing or refuses, or the deadline
+		// passed. The runtime retries ADD later.
+		return nil, &Error{Code: CodeTryAgainLater, Msg: "the efvi agent is not reachable", Details: fmt.Sprintf("agent API socket %s: %v", c.path, err), unreachable: true}
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(res.Body, maxReply))
+	if err != nil {
+		return nil, &Error{Code: CodeTryAgainLater, Msg: "the efvi agent is not reachable", Details: fmt.Sprintf("reading the %s answer: %v", method, err), unreachable: true}
+	}
+	if res.StatusCode != http.StatusOK {
+		ce := new(Error)
+		if json.Unmarshal(b, ce) != nil || ce.Msg == "" {
+			return nil, &Error{Code: CodeInternal, Msg: "agent call failed", Details: fmt.Sprintf("%s: HTTP %s: %.200s", method, res.Status, b)}
+		}
+		return nil, ce
+	}
 	resp := new(Resp)
-	if err := c.conn.Invoke(ctx, "/"+ServiceName+"/"+method, req, resp); err != nil {
-		return nil, fromStatus(err)
+	if err := json.Unmarshal(b, resp); err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "agent call failed", Details: fmt.Sprintf("decode %s answer: %v", method, err)}
 	}
 	return resp, nil
 }

@@ -3,13 +3,9 @@ package cniapi
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"syscall"
 
 	"github.com/kube-efvi/kube-efvi/pkg/filter"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // CNI error codes. 1-99 are the CNI spec's; 100 and up are efvi-cni's own.
@@ -97,69 +93,6 @@ func errnoName(e syscall.Errno) string {
 		return "ENOENT"
 	}
 	return fmt.Sprintf("errno %d", int(e))
-}
-
-const errorDomain = "efvi.io"
-const errorReason = "CNI_ERROR"
-
-// toStatus turns an Agent error into a gRPC status carrying the CNI error.
-func toStatus(err error) error {
-	var ce *Error
-	if !errors.As(err, &ce) {
-		ce = &Error{Code: CodeInternal, Msg: "agent error", Details: err.Error()}
-	}
-	gc := codes.Unknown
-	switch ce.Code {
-	case CodeTryAgainLater, CodePluginUnavailable:
-		gc = codes.Unavailable
-	case CodeFilterRefused:
-		gc = codes.PermissionDenied
-	case CodeFilterConflict:
-		gc = codes.AlreadyExists
-	case CodeBadFilter:
-		gc = codes.InvalidArgument
-	case CodeNotInstalled:
-		gc = codes.NotFound
-	case CodePodMismatch:
-		gc = codes.FailedPrecondition
-	case CodeInternal:
-		gc = codes.Internal
-	}
-	st := status.New(gc, ce.Error())
-	wd, derr := st.WithDetails(&errdetails.ErrorInfo{
-		Reason: errorReason, Domain: errorDomain,
-		Metadata: map[string]string{"code": strconv.FormatUint(uint64(ce.Code), 10), "msg": ce.Msg, "details": ce.Details, "errno": ce.Errno},
-	})
-	if derr != nil {
-		return st.Err()
-	}
-	return wd.Err()
-}
-
-// fromStatus turns a call error back into an *Error. Errors without a CNI
-// error (the agent is unreachable, a deadline passed) keep their gRPC code
-// and become CodeTryAgainLater for Unavailable/DeadlineExceeded, else
-// CodeInternal.
-func fromStatus(err error) *Error {
-	st, ok := status.FromError(err)
-	if !ok {
-		return &Error{Code: CodeInternal, Msg: "agent call failed", Details: err.Error()}
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain && info.GetReason() == errorReason {
-			md := info.GetMetadata()
-			code, perr := strconv.ParseUint(md["code"], 10, 32)
-			if perr != nil {
-				code = uint64(CodeInternal)
-			}
-			return &Error{Code: uint(code), Msg: md["msg"], Details: md["details"], Errno: md["errno"]}
-		}
-	}
-	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-		return &Error{Code: CodeTryAgainLater, Msg: "the efvi agent is not reachable", Details: st.Message(), unreachable: true}
-	}
-	return &Error{Code: CodeInternal, Msg: "agent call failed", Details: fmt.Sprintf("%s: %s", st.Code(), st.Message())}
 }
 
 // IsUnreachable reports whether err says the agent could not be reached

@@ -2,23 +2,27 @@ package cniapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
-
-	"google.golang.org/grpc"
 )
 
 // Server serves an Agent on a listener.
 type Server struct {
 	agent Agent
 	log   *slog.Logger
-	grpc  *grpc.Server
+	http  *http.Server
 }
+
+// maxRequest bounds a request body (a pod's attachment is a few hundred
+// bytes; GC lists every attachment of the node).
+const maxRequest = 4 << 20
 
 // NewServer returns a server for agent. logger may be nil (slog.Default).
 func NewServer(agent Agent, logger *slog.Logger) *Server {
@@ -26,8 +30,13 @@ func NewServer(agent Agent, logger *slog.Logger) *Server {
 		logger = slog.Default()
 	}
 	s := &Server{agent: agent, log: logger}
-	s.grpc = grpc.NewServer(grpc.ForceServerCodec(jsonCodec{}), grpc.UnaryInterceptor(s.intercept))
-	s.grpc.RegisterService(serviceDesc(), agent)
+	mux := http.NewServeMux()
+	handle(s, mux, methodAdd, Agent.Add)
+	handle(s, mux, methodDel, Agent.Del)
+	handle(s, mux, methodCheck, Agent.Check)
+	handle(s, mux, methodGC, Agent.GC)
+	handle(s, mux, methodStatus, Agent.Status)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	return s
 }
 
@@ -36,16 +45,20 @@ func NewServer(agent Agent, logger *slog.Logger) *Server {
 // after a cancel.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	done := make(chan struct{})
-	defer close(done)
+	stopped := make(chan struct{})
+	defer func() { close(done); <-stopped }()
 	go func() {
+		defer close(stopped)
 		select {
 		case <-ctx.Done():
-			s.grpc.GracefulStop()
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = s.http.Shutdown(sctx)
 		case <-done:
 		}
 	}()
-	err := s.grpc.Serve(lis)
-	if ctx.Err() != nil || errors.Is(err, grpc.ErrServerStopped) {
+	err := s.http.Serve(lis)
+	if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	if err != nil {
@@ -55,17 +68,57 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // Stop stops the server at once, failing calls in flight.
-func (s *Server) Stop() { s.grpc.Stop() }
+func (s *Server) Stop() { _ = s.http.Close() }
 
-func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	resp, err := h(ctx, req)
+// handle serves POST /v1/<name>: the request's JSON in, the response's out.
+func handle[Req, Resp any](s *Server, mux *http.ServeMux, name string, call func(Agent, context.Context, *Req) (*Resp, error)) {
+	mux.HandleFunc("POST "+pathPrefix+name, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		req := new(Req)
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
+		if err := dec.Decode(req); err != nil {
+			s.reply(w, name, req, start, nil, &Error{Code: CodeInternal, Msg: "malformed " + name + " request", Details: err.Error()})
+			return
+		}
+		resp, err := call(s.agent, r.Context(), req)
+		s.reply(w, name, req, start, resp, err)
+	})
+}
+
+func (s *Server) reply(w http.ResponseWriter, name string, req any, start time.Time, resp any, err error) {
+	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
-		s.log.Warn("CNI request failed", "method", info.FullMethod, "req", req, "err", err, "took", time.Since(start))
-		return nil, toStatus(err)
+		s.log.Warn("CNI request failed", "method", name, "req", req, "err", err, "took", time.Since(start))
+		var ce *Error
+		if !errors.As(err, &ce) {
+			ce = &Error{Code: CodeInternal, Msg: "agent error", Details: err.Error()}
+		}
+		w.WriteHeader(httpStatus(ce.Code))
+		_ = json.NewEncoder(w).Encode(ce)
+		return
 	}
-	s.log.Debug("CNI request", "method", info.FullMethod, "req", req, "took", time.Since(start))
-	return resp, nil
+	s.log.Debug("CNI request", "method", name, "req", req, "took", time.Since(start))
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// httpStatus is the HTTP status a CNI error answers with (for curl and
+// logs; the client reads the code from the body).
+func httpStatus(code uint) int {
+	switch code {
+	case CodeTryAgainLater, CodePluginUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeFilterRefused:
+		return http.StatusForbidden
+	case CodeFilterConflict:
+		return http.StatusConflict
+	case CodeBadFilter:
+		return http.StatusBadRequest
+	case CodeNotInstalled:
+		return http.StatusNotFound
+	case CodePodMismatch:
+		return http.StatusPreconditionFailed
+	}
+	return http.StatusInternalServerError
 }
 
 // Listen creates the agent socket at path: the directory is created (0755),
@@ -95,46 +148,12 @@ func Listen(path string) (net.Listener, error) {
 	return lis, nil
 }
 
-// Method names.
+// Paths: POST pathPrefix + method.
 const (
-	methodAdd    = "Add"
-	methodDel    = "Del"
-	methodCheck  = "Check"
-	methodGC     = "GC"
-	methodStatus = "Status"
+	pathPrefix   = "/v1/"
+	methodAdd    = "add"
+	methodDel    = "del"
+	methodCheck  = "check"
+	methodGC     = "gc"
+	methodStatus = "status"
 )
-
-func unary[Req, Resp any](call func(Agent, context.Context, *Req) (*Resp, error), name string) grpc.MethodDesc {
-	return grpc.MethodDesc{
-		MethodName: name,
-		Handler: func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
-			req := new(Req)
-			if err := dec(req); err != nil {
-				return nil, err
-			}
-			a := srv.(Agent)
-			if ic == nil {
-				return call(a, ctx, req)
-			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/" + ServiceName + "/" + name}
-			return ic(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-				return call(a, ctx, r.(*Req))
-			})
-		},
-	}
-}
-
-func serviceDesc() *grpc.ServiceDesc {
-	return &grpc.ServiceDesc{
-		ServiceName: ServiceName,
-		HandlerType: (*Agent)(nil),
-		Methods: []grpc.MethodDesc{
-			unary(Agent.Add, methodAdd),
-			unary(Agent.Del, methodDel),
-			unary(Agent.Check, methodCheck),
-			unary(Agent.GC, methodGC),
-			unary(Agent.Status, methodStatus),
-		},
-		Metadata: "efvi/cni/v1 (hand-written, JSON codec)",
-	}
-}

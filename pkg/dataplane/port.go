@@ -406,3 +406,34 @@ func (netlinkOps) disableIPv6(name string) error {
 	}
 	return err
 }
+
+// RemoveVIVeths deletes every veth whose name is a VI veth of a prefix that
+// keep does not name: prefixOf(name) returns a VI veth's prefix, or ok=false
+// for a link that is not one. It is the sweep for VI veths whose port is
+// gone (the port's data plane can no longer list them) and for uninstall,
+// where keep is nil and every VI veth goes. It returns the names removed.
+func RemoveVIVeths(prefixOf func(name string) (prefix string, ok bool), keep map[string]bool) ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, l := range links {
+		name := l.Attrs().Name
+		if _, isVeth := l.(*netlink.Veth); !isVeth {
+			continue
+		}
+		prefix, ok := prefixOf(name)
+		if !ok || keep[prefix] {
+			continue
+		}
+		// Deleting one end removes its peer; the peer may already be gone.
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete VI veth %s: %w", name, err))
+			continue
+		}
+		removed = append(removed, name)
+	}
+	return removed, errors.Join(errs...)
+}

@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/kube-efvi/kube-efvi/pkg/allocator"
@@ -189,6 +190,7 @@ func (b *Backend) OnPoolPorts(pool config.Pool, ports []discovery.Port) {
 	}
 	b.limits[pool.Name] = pool.Limits
 	b.mu.Unlock()
+	b.sweepOrphanVIs()
 	slots := make([]uint32, pool.VIsPerPort)
 	for i := range slots {
 		slots[i] = uint32(i)
@@ -274,7 +276,7 @@ func (b *Backend) openLocked(name string) (*viservice.Port, error) {
 	plane, err := dataplane.Open(context.Background(), dataplane.PortConfig{
 		Ifname:     name,
 		PinDir:     filepath.Join(b.cfg.BPFRoot, name),
-		VethPrefix: "efv" + strconv.Itoa(link.Index),
+		VethPrefix: viVethPrefixOf(link.Index),
 		Logger:     b.log,
 	})
 	if err != nil {
@@ -292,6 +294,58 @@ func (b *Backend) openLocked(name string) (*viservice.Port, error) {
 	}
 	b.planes[name] = plane
 	return vp, nil
+}
+
+// viVethPrefixOf names the VI veths of the port with that ifindex:
+// efv<ifindex>v<slot> and its peer efv<ifindex>v<slot>p.
+func viVethPrefixOf(ifindex int) string { return "efv" + strconv.Itoa(ifindex) }
+
+// viVethPrefix returns the port prefix of a VI veth's name, or ok=false
+// for any other link.
+func viVethPrefix(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, "efv")
+	if !ok {
+		return "", false
+	}
+	idx, slot, ok := strings.Cut(rest, "v")
+	slot = strings.TrimSuffix(slot, "p")
+	if !ok || !allDigits(idx) || !allDigits(slot) {
+		return "", false
+	}
+	return "efv" + idx, true
+}
+
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// sweepOrphanVIs removes the VI veths of ports that no longer exist (the
+// port's data plane cannot list them once its link is gone).
+func (b *Backend) sweepOrphanVIs() {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		b.log.Warn("orphan VI sweep: list interfaces", "err", err)
+		return
+	}
+	keep := map[string]bool{}
+	for _, i := range ifs {
+		keep[viVethPrefixOf(i.Index)] = true
+	}
+	removed, err := dataplane.RemoveVIVeths(viVethPrefix, keep)
+	if len(removed) > 0 {
+		b.log.Info("removed the VI veths of ports that are gone", "veths", removed)
+	}
+	if err != nil {
+		b.log.Warn("orphan VI sweep", "err", err)
+	}
 }
 
 // Prepare serves a new allocation's broker socket (device plugin seam). It
@@ -424,6 +478,13 @@ func (b *Backend) Destroy() error {
 		}
 	}
 	b.served, b.planes = map[string]*served{}, map[string]*dataplane.Port{}
+	// Every VI veth on the node is this agent's: those of ports that went
+	// away (no data plane lists them any more) go too.
+	if removed, err := dataplane.RemoveVIVeths(viVethPrefix, nil); err != nil {
+		errs = append(errs, err)
+	} else if len(removed) > 0 {
+		b.log.Info("removed VI veths no port's data plane listed", "veths", removed)
+	}
 	for _, d := range []string{b.cfg.BPFRoot, b.cfg.StateDir, b.cfg.BrokerRoot} {
 		if d == "" {
 			continue

@@ -185,6 +185,9 @@ func Down(c Config) error {
 	if err := os.Remove(c.PinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	// The pin's directory is the fabric's too (Up made it); it goes when
+	// empty, and stays when something else is pinned there.
+	_ = os.Remove(filepath.Dir(c.PinPath))
 	if l, err := netlink.LinkByName(c.Port); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("delete %s: %w", c.Port, err))

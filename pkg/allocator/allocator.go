@@ -29,6 +29,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -126,6 +127,27 @@ func (e *InUseError) Error() string {
 
 // DeviceID names slot index of port: "<port>-vi<index>".
 func DeviceID(port string, index int) string { return port + "-vi" + strconv.Itoa(index) }
+
+// DevicesPort returns the one port that every device of an allocation is
+// on; why says why a backend needs one port (it ends the error for devices
+// that span ports).
+func DevicesPort(devices []string, why string) (string, error) {
+	port := ""
+	for _, d := range devices {
+		p, _, ok := ParseDeviceID(d)
+		if !ok {
+			return "", fmt.Errorf("device %q is not a VI slot id (<port>-vi<N>)", d)
+		}
+		if port != "" && p != port {
+			return "", fmt.Errorf("devices %v span ports %s and %s: %s; request VIs from one port per container", devices, port, p, why)
+		}
+		port = p
+	}
+	if port == "" {
+		return "", errors.New("no devices")
+	}
+	return port, nil
+}
 
 // ParseDeviceID splits a device ID made by DeviceID.
 func ParseDeviceID(id string) (port string, index int, ok bool) {

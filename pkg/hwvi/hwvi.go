@@ -182,7 +182,7 @@ func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) 
 	if err := cluster.ValidName(req.Pool); err != nil {
 		return deviceplugin.Mount{}, fmt.Errorf("hardware pool %s: %w", req.Pool, err)
 	}
-	port, err := onePort(req.Devices)
+	port, err := allocator.DevicesPort(req.Devices, "a PD lives on one port")
 	if err != nil {
 		return deviceplugin.Mount{}, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
 	}
@@ -268,23 +268,4 @@ func (b *Backend) Close() error {
 		errs = append(errs, s.set.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// onePort checks that every device of an allocation is on one port.
-func onePort(devices []string) (string, error) {
-	port := ""
-	for _, d := range devices {
-		p, _, ok := allocator.ParseDeviceID(d)
-		if !ok {
-			return "", fmt.Errorf("device %q is not a VI slot id (<port>-vi<N>)", d)
-		}
-		if port != "" && p != port {
-			return "", fmt.Errorf("devices %v span ports %s and %s: a PD lives on one port; request VIs from one port per container", devices, port, p)
-		}
-		port = p
-	}
-	if port == "" {
-		return "", errors.New("no devices")
-	}
-	return port, nil
 }

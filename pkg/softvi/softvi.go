@@ -351,7 +351,7 @@ func (b *Backend) sweepOrphanVIs() {
 // Prepare serves a new allocation's broker socket (device plugin seam). It
 // is also called for allocations restored from the checkpoint at start-up.
 func (b *Backend) Prepare(ctx context.Context, req deviceplugin.PrepareRequest) (deviceplugin.Mount, error) {
-	portName, err := onePort(req.Devices)
+	portName, err := allocator.DevicesPort(req.Devices, "the software backend serves one port per container")
 	if err != nil {
 		return deviceplugin.Mount{}, fmt.Errorf("allocation %s: %w", req.AllocationID, err)
 	}
@@ -414,25 +414,6 @@ func (b *Backend) poolLimits(pool string) (config.Limits, string) {
 		lim = c.Pools[0].Limits
 	}
 	return lim, fmt.Sprintf("the agent config's pool %q pools[].limits", pool)
-}
-
-// onePort checks that every device of an allocation is on one port.
-func onePort(devices []string) (string, error) {
-	port := ""
-	for _, d := range devices {
-		p, _, ok := allocator.ParseDeviceID(d)
-		if !ok {
-			return "", fmt.Errorf("device %q is not a VI slot id (<port>-vi<N>)", d)
-		}
-		if port != "" && p != port {
-			return "", fmt.Errorf("devices %v span ports %s and %s: the software backend serves one port per container; request VIs from a single-port pool or one VI per container", devices, port, p)
-		}
-		port = p
-	}
-	if port == "" {
-		return "", errors.New("no devices")
-	}
-	return port, nil
 }
 
 // Release stops an allocation's socket and frees its VIs (device plugin

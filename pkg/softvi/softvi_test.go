@@ -19,17 +19,6 @@ import (
 	"github.com/kube-efvi/kube-efvi/pkg/kubeletcheckpoint"
 )
 
-func TestOnePort(t *testing.T) {
-	if p, err := onePort([]string{"eth1-vi0", "eth1-vi7"}); err != nil || p != "eth1" {
-		t.Fatalf("onePort = %q, %v", p, err)
-	}
-	for _, bad := range [][]string{nil, {"eth1-vi0", "eth2-vi0"}, {"eth1"}} {
-		if _, err := onePort(bad); err == nil {
-			t.Errorf("onePort(%q) accepted", bad)
-		}
-	}
-}
-
 func TestKubepodsPeer(t *testing.T) {
 	root := t.TempDir()
 	write := func(pid, cg string) {

@@ -43,6 +43,10 @@ type node struct {
 	cancel  context.CancelFunc
 	served  chan error
 	wireMAC net.HardwareAddr
+	// configure adjusts each allocation before its broker serves, so that
+	// settings are in place before any session (in another process) reads
+	// them.
+	configure []func(*viservice.Allocation)
 }
 
 func randHex(n int) string {
@@ -51,7 +55,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newNode(t *testing.T) *node {
+func newNode(t *testing.T, configure ...func(*viservice.Allocation)) *node {
 	t.Helper()
 	topo := bench.NewTopology(t)
 	topo.PrepareDataPlane(t)
@@ -70,6 +74,8 @@ func newNode(t *testing.T) *node {
 		sock:    filepath.Join(dir, "broker.sock"),
 		state:   filepath.Join(dir, "filters.json"),
 		wireMAC: topo.Wire.MAC,
+
+		configure: configure,
 	}
 	n.start()
 	t.Cleanup(func() {
@@ -107,6 +113,9 @@ func (n *node) start() {
 	}
 	if err := n.alloc.SetPolicy(filter.Policy{OwnIPs: []netip.Addr{n.topo.PortIP}}); err != nil {
 		t.Fatal(err)
+	}
+	for _, c := range n.configure {
+		c(n.alloc)
 	}
 	n.srv, err = broker.Listen(broker.Config{
 		Path: n.sock, Mode: 0o660, Sessions: n.alloc, Authorizer: broker.AllowUIDs(65534),

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -96,10 +97,16 @@ func attackMain(arg string) error {
 // ENOMEM naming the config field, and frees the budget once the attacker's
 // fds are really closed.
 func TestPinnedMemoryLimitSurvivesBye(t *testing.T) {
-	n := newNode(t)
-	n.alloc.Limits = viservice.Limits{MaxMemory: 64 << 20, Setting: "pools[0].limits"}
+	var mu sync.Mutex
 	var reported []string
-	n.alloc.SetLimitReporter(func(msg string) { reported = append(reported, msg) })
+	n := newNode(t, func(a *viservice.Allocation) {
+		a.Limits = viservice.Limits{MaxMemory: 64 << 20, Setting: "pools[0].limits"}
+		a.SetLimitReporter(func(msg string) {
+			mu.Lock()
+			defer mu.Unlock()
+			reported = append(reported, msg)
+		})
+	})
 
 	attack := startAttacker(t, n, 16, 6)
 	for i := 1; i <= 4; i++ {
@@ -117,9 +124,11 @@ func TestPinnedMemoryLimitSurvivesBye(t *testing.T) {
 	if u.PinnedBytes != 64<<20 || u.VIs != 4 {
 		t.Errorf("usage %v, want 64 MiB pinned by 4 VIs the attacker still holds", u)
 	}
+	mu.Lock()
 	if len(reported) != 2 {
 		t.Errorf("limit reports %q, want one per refused round", reported)
 	}
+	mu.Unlock()
 	// The attacker exits: its sockets are closed by every holder, so the
 	// kernel frees them and the budget comes back.
 	_ = attack.cmd.Process.Kill()

@@ -2,8 +2,8 @@ package fabric
 
 import (
 	"net"
+	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -63,13 +63,13 @@ func TestMultiUpDown(t *testing.T) {
 			t.Fatalf("route to %s's pods in the fabric: %+v %v", n.Name, routes, err)
 		}
 		// The fabric reaches the node's port (real frames over the bridge).
-		if out, err := exec.Command("ip", "netns", "exec", m.NS, "busybox", "ping", "-c", "1", "-W", "5", gw.String()).CombinedOutput(); err != nil {
-			t.Fatalf("ping %s's port %s from the fabric: %v\n%s", n.Name, gw, err, out)
+		if err := testnet.PingFrom(m.NS, netip.MustParseAddr(gw.String()), 5*time.Second); err != nil {
+			t.Fatalf("ping %s's port from the fabric: %v", n.Name, err)
 		}
 	}
 	// Node a reaches node b through the fabric.
-	if out, err := exec.Command("ip", "netns", "exec", a.Name, "busybox", "ping", "-c", "1", "-W", "5", "10.211.9.12").CombinedOutput(); err != nil {
-		t.Fatalf("node a -> node b over the fabric: %v\n%s", err, out)
+	if err := testnet.PingFrom(a.Name, netip.MustParseAddr("10.211.9.12"), 5*time.Second); err != nil {
+		t.Fatalf("node a -> node b over the fabric: %v", err)
 	}
 	h.Close() // holds the fabric namespace otherwise
 	if err := DownMulti(m); err != nil {
